@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): a fresh virtual environment, the package with its test extras, then
+# pytest. Safe to re-run; reuses .venv when it is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
+.venv/bin/python -m pip install --quiet -e ".[test,diffusers]" -c .ci/constraints.txt
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,116 @@
+"""Where a ``SkipSchedule`` touches tensors: the skip scaling and the output (epsilon) scaling.
+
+Every adapter (EDM, diffusers, generic) names the modules that consume a concatenation ``cat([main, skip])`` and
+the width of the skip part; ``install_skip_hooks`` puts one forward pre-hook on each, which multiplies the skip
+channels by rho for the sigma of the current call. Scaling the trailing channels of the concatenation is exactly
+the paper's ``concat(u_i, rho_i * d_i)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from skipsearch.schedule import SkipSchedule
+
+
+@dataclass(frozen=True)
+class SkipPoint:
+    """One encoder->decoder skip, in decoder order (index 0 = bottom = consumed first)."""
+
+    index: int
+    consumer: str  # qualified module name whose input is the concatenation
+    resolution: int
+    main_channels: int
+    skip_channels: int
+    skip_first: bool = False  # True where the model concatenates cat([skip, main])
+    source: str | None = None  # encoder module that produced the skip, where known
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(main, skip) parts of the consumer's input."""
+        if self.skip_first:
+            return x[:, self.skip_channels:], x[:, : self.skip_channels]
+        return x[:, : x.shape[1] - self.skip_channels], x[:, x.shape[1] - self.skip_channels:]
+
+
+def scale_skip(point: SkipPoint, x: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """The one place rho multiplies a skip: returns the consumer input with its skip channels times rho.
+
+    ``rho`` is [B] (per sample, when a batch mixes sigmas) or [1]. Not in place: the skip tensor may be shared.
+    """
+    main, skip = point.split(x)
+    skip = skip * rho.to(device=x.device, dtype=x.dtype).reshape(-1, 1, 1, 1)
+    return torch.cat([skip, main] if point.skip_first else [main, skip], dim=1)
+
+
+def scale_output(x: torch.Tensor, denoised: torch.Tensor, eps_scale: float) -> torch.Tensor:
+    """Epsilon scaling (Ning et al. 2023): eps/eps_scale, i.e. D pulled toward x: x - (x - D)/eps_scale."""
+    return denoised if eps_scale == 1.0 else x - (x - denoised) / eps_scale
+
+
+class SigmaProbe:
+    """Holds the sigma of the denoiser call in progress, so skip hooks deep in the UNet can pick their interval."""
+
+    def __init__(self) -> None:
+        self.sigma: torch.Tensor | None = None
+
+    def capture_from(self, module: nn.Module,
+                     sigma_of_call: Callable[[tuple, dict], torch.Tensor | None]) -> list[RemovableHandle]:
+        """Hooks on the outer model that record sigma for calls made outside ``SkipAdapter.denoise``."""
+        captured = []
+
+        def before(_module, args, kwargs):
+            if self.sigma is None:
+                sigma = sigma_of_call(args, kwargs)
+                if sigma is not None:
+                    self.sigma = torch.as_tensor(sigma).reshape(-1)
+                    captured.append(True)
+
+        def after(_module, _args, _output):  # always_call: a failing forward must not leave a stale sigma
+            if captured:
+                captured.pop()
+                self.sigma = None
+
+        return [module.register_forward_pre_hook(before, with_kwargs=True), module.register_forward_hook(after, always_call=True)]
+
+    def current(self) -> torch.Tensor:
+        if self.sigma is None:
+            raise RuntimeError("a skip hook ran outside a denoiser call: call the model as D(x, sigma) so the "
+                               "schedule can select its sigma interval")
+        return self.sigma
+
+
+def install_skip_hooks(modules: Sequence[nn.Module], points: Sequence[SkipPoint], schedule: SkipSchedule,
+                       probe: SigmaProbe) -> list[RemovableHandle]:
+    """One pre-hook per consumer. Points whose rho is 1 in every interval get no hook at all."""
+    handles = []
+    for module, point in zip(modules, points):
+        if bool((schedule.rho[:, point.index] == 1.0).all()):
+            continue
+
+        if schedule.num_intervals == 1:  # layer-wise: no sigma needed, a constant per point
+            def hook(_module, args, point=point, rho=torch.tensor([float(schedule.rho[0, point.index])])):
+                return (scale_skip(point, args[0], rho), *args[1:])
+        else:
+            def hook(_module, args, point=point):
+                rho = schedule.rho_for_sigma(probe.current())[:, point.index]
+                return (scale_skip(point, args[0], rho), *args[1:])
+
+        handles.append(module.register_forward_pre_hook(hook))
+    return handles
+
+
+def install_observers(modules: Sequence[nn.Module], points: Sequence[SkipPoint],
+                      observe: Callable[[SkipPoint, torch.Tensor, torch.Tensor], None]) -> list[RemovableHandle]:
+    """Pre-hooks that see (main, skip) of each consumer without changing anything (norm ratios, tests)."""
+    handles = []
+    for module, point in zip(modules, points):
+        def hook(_module, args, point=point):
+            observe(point, *point.split(args[0]))
+
+        handles.append(module.register_forward_pre_hook(hook))
+    return handles

@@ -1,0 +1,175 @@
+"""The model adapter interface: a denoiser ``D(x, sigma, labels)`` plus its ``skip_points`` and schedule hooks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from skipsearch.hooks import SigmaProbe, SkipPoint, install_observers, install_skip_hooks, scale_output
+from skipsearch.schedule import ModelIdentity, ScheduleError, SkipSchedule
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """A content hash of a module's tensors (for models that did not come from a file)."""
+    digest = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class AppliedSchedule:
+    """The hooks of one applied schedule; ``remove()`` (or leaving the ``with`` block) restores the model."""
+
+    def __init__(self, adapter: SkipAdapter, schedule: SkipSchedule, handles: list[RemovableHandle]):
+        self.adapter, self.schedule, self._handles = adapter, schedule, handles
+
+    def add_handles(self, handles: list[RemovableHandle]) -> None:
+        """Extra hooks an adapter needs while the schedule is on (removed together with the skip hooks)."""
+        self._handles.extend(handles)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self.adapter._applied is self:
+            self.adapter._applied = None
+
+    def __enter__(self) -> AppliedSchedule:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+class SkipAdapter:
+    """A skip-tunable diffusion model. Subclasses set the fields and implement ``_denoise_raw``.
+
+    Conventions: images in [-1,1]; ``denoise(x, sigma, labels)`` returns the data prediction (EDM units);
+    ``skip_points`` in decoder order with index 0 = bottom.
+    """
+
+    name: str
+    net: nn.Module  # the module that moves between devices
+    skip_points: list[SkipPoint]
+    img_shape: tuple[int, int, int]
+    label_dim: int = 0
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+
+    def __init__(self) -> None:
+        self.probe = SigmaProbe()
+        self._applied: AppliedSchedule | None = None
+        self._identity: ModelIdentity | None = None
+        self.weights_sha256: str | None = None
+
+    # --- to implement ----------------------------------------------------------------------------------------------
+    def _denoise_raw(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def consumer_modules(self) -> list[nn.Module]:
+        """The module of each skip point, aligned with ``skip_points``."""
+        modules = dict(self.net.named_modules())
+        return [modules[point.consumer] for point in self.skip_points]
+
+    def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma
+
+    def sigma_of_call(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """The sigma of a direct call to ``self.net`` (for schedules applied to a bare network); None if unknown."""
+        return None
+
+    # --- common -----------------------------------------------------------------------------------------------------
+    @property
+    def identity(self) -> ModelIdentity:
+        if self._identity is None:
+            sha = self.weights_sha256 or state_dict_sha256(self.net)
+            self._identity = ModelIdentity(self.name, sha, len(self.skip_points))
+        return self._identity
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def schedule(self) -> SkipSchedule | None:
+        return self._applied.schedule if self._applied else None
+
+    def to(self, device: torch.device | str) -> SkipAdapter:
+        self.net.to(device)
+        return self
+
+    @torch.no_grad()
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """D(x; sigma) with the applied schedule (skip scaling in the hooks, epsilon scaling here)."""
+        sigma = torch.as_tensor(sigma, device=x.device)
+        self.probe.sigma = sigma.reshape(-1)
+        try:
+            denoised = self._denoise_raw(x, sigma, class_labels)
+        finally:
+            self.probe.sigma = None
+        schedule = self.schedule
+        return denoised if schedule is None else scale_output(x, denoised, schedule.eps_scale)
+
+    __call__ = denoise
+
+    def apply(self, schedule: SkipSchedule, *, check_identity: bool = True) -> AppliedSchedule:
+        """Install ``schedule`` (replacing any applied one). Use as ``with adapter.apply(s):`` or keep it."""
+        if check_identity:
+            schedule.check_model(self.identity)
+        elif schedule.num_skip_points != len(self.skip_points):
+            raise ScheduleError(f"schedule has {schedule.num_skip_points} skip points but model {self.name!r} has "
+                                f"{len(self.skip_points)}")
+        if self._applied is not None:
+            self._applied.remove()
+        handles = install_skip_hooks(self.consumer_modules(), self.skip_points, schedule, self.probe)
+        if schedule.num_intervals > 1:
+            handles += self.probe.capture_from(self.net, self.sigma_of_call)
+        self._applied = AppliedSchedule(self, schedule, handles)
+        return self._applied
+
+    def remove_schedule(self) -> None:
+        if self._applied is not None:
+            self._applied.remove()
+
+    @torch.no_grad()
+    def norm_ratios(self, x: torch.Tensor, sigma: torch.Tensor | float,
+                    class_labels: torch.Tensor | None = None) -> list[float]:
+        """Mean over the batch of ||d_i|| / ||u_i|| (skip over main path) at each skip point (paper §3)."""
+        ratios: dict[int, float] = {}
+
+        def observe(point: SkipPoint, main: torch.Tensor, skip: torch.Tensor) -> None:
+            ratio = skip.flatten(1).norm(dim=1) / main.flatten(1).norm(dim=1).clamp_min(1e-12)
+            ratios[point.index] = float(ratio.mean())
+
+        handles = install_observers(self.consumer_modules(), self.skip_points, observe)
+        try:
+            self.denoise(x, sigma, class_labels)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [ratios[p.index] for p in self.skip_points]
+
+    def iter_levels(self) -> Iterator[tuple[int, list[SkipPoint]]]:
+        """Skip points grouped by resolution, bottom level first."""
+        seen: dict[int, list[SkipPoint]] = {}
+        for point in self.skip_points:
+            seen.setdefault(point.resolution, []).append(point)
+        yield from seen.items()
+
+    def level_of_points(self) -> list[int]:
+        """Level index (0 = bottom) of each skip point, for the per-level search space."""
+        levels = {res: i for i, (res, _) in enumerate(self.iter_levels())}
+        return [levels[p.resolution] for p in self.skip_points]
+
+
+def check_points(points: Sequence[SkipPoint]) -> None:
+    if not points:
+        raise ValueError("the model has no skip points: no decoder module consumes a concatenated skip")
+    if [p.index for p in points] != list(range(len(points))):
+        raise ValueError("skip points must be numbered 0..K-1 in decoder order")

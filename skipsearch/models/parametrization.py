@@ -1,0 +1,150 @@
+"""Wrapping non-EDM diffusion models into the denoiser convention D(x; sigma) (data prediction, EDM/VE units).
+
+A DDPM-style model sees ``x_vp = sqrt(abar) x0 + sqrt(1 - abar) eps`` at a discrete timestep t. In EDM units the same
+state is ``x = x_vp / sqrt(abar) = x0 + sigma eps`` with ``sigma = sqrt((1 - abar) / abar)``, so
+``x_vp = x / sqrt(1 + sigma^2)`` and an epsilon prediction gives ``D = x - sigma * eps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+# fn(model_input, t_or_sigma) -> raw model output (epsilon, v, x0 or D depending on the parametrization)
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _batch_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """sigma as a [B] tensor in x's dtype and device (a scalar is broadcast to the batch)."""
+    s = torch.as_tensor(sigma, device=x.device).to(x.dtype).reshape(-1)
+    if s.numel() == 1:
+        return s.expand(x.shape[0])
+    if s.numel() != x.shape[0]:
+        raise ValueError(f"sigma has {s.numel()} values for a batch of {x.shape[0]}")
+    return s
+
+
+class DataParametrization:
+    """EDM data prediction: the wrapped model already returns D given (x, sigma); sigmas are continuous."""
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(sigma)
+
+    def denoise(self, fn: ModelFn, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        return fn(x, _batch_sigma(sigma, x)).to(x.dtype)
+
+
+class EpsilonParametrization:
+    """A discrete-time VP (DDPM) model predicting epsilon (or v, or x0) from ``alphas_cumprod`` [T].
+
+    ``sigmas[t]`` ascends with t. A continuous sigma is served by the nearest timestep in log-sigma; the input scaling
+    and the output conversion use the sigma itself, so a sampler that snaps with :meth:`round_sigma` is exact.
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon"):
+        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu().reshape(-1)
+        if abar.numel() < 2:
+            raise ValueError("alphas_cumprod needs at least 2 timesteps")
+        if not bool(((abar > 0) & (abar < 1)).all()) or not bool((abar[1:] < abar[:-1]).all()):
+            raise ValueError("alphas_cumprod must lie in (0, 1) and strictly decrease with t")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {prediction_type!r} is not supported; use one of "
+                             f"{', '.join(PREDICTION_TYPES)}")
+        self.alphas_cumprod, self.prediction_type = abar, prediction_type
+        self.sigmas = ((1 - abar) / abar).sqrt()
+        self._log_sigmas = self.sigmas.log()
+        # Midpoints between neighbouring log-sigmas: bucketize against them is the nearest-timestep lookup.
+        self._log_mids = (self._log_sigmas[1:] + self._log_sigmas[:-1]) / 2
+        self._device_cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = {}
+
+    # --- constructors -----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_betas(cls, betas: torch.Tensor, prediction_type: str = "epsilon") -> EpsilonParametrization:
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        return cls(torch.cumprod(1 - betas, dim=0), prediction_type)
+
+    @classmethod
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+               prediction_type: str = "epsilon") -> EpsilonParametrization:
+        """DDPM's linear beta schedule (diffusers ``beta_schedule='linear'``, computed in float64)."""
+        return cls.from_betas(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), prediction_type)
+
+    @classmethod
+    def from_scheduler(cls, scheduler, prediction_type: str | None = None) -> EpsilonParametrization:
+        """From a diffusers scheduler: its ``alphas_cumprod`` and ``config.prediction_type``."""
+        if not hasattr(scheduler, "alphas_cumprod"):
+            raise ValueError(f"{type(scheduler).__name__} has no alphas_cumprod (not a discrete VP scheduler)")
+        config = getattr(scheduler, "config", None)
+        kind = prediction_type or getattr(config, "prediction_type", None) or "epsilon"
+        return cls(scheduler.alphas_cumprod, kind)
+
+    # --- sigma <-> timestep -----------------------------------------------------------------------------------------
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.sigmas.numel())
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        # MPS has no float64.
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        key = (device, dtype)
+        if key not in self._device_cache:
+            self._device_cache[key] = tuple(t.to(device=device, dtype=dtype)
+                                            for t in (self.sigmas, self._log_sigmas, self._log_mids))
+        return self._device_cache[key]
+
+    def timestep_for_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
+        """Nearest discrete timestep in log-sigma (LongTensor of sigma's shape); sigma <= 0 maps to t = 0."""
+        sigma = torch.as_tensor(sigma)
+        _, _, mids = self._on(sigma.device)
+        return torch.bucketize(sigma.to(mids.dtype).clamp_min(0).log(), mids)
+
+    def sigma_for_timestep(self, t: torch.Tensor | float) -> torch.Tensor:
+        """sigma of a timestep; fractional timesteps interpolate log-sigma (schedulers with float timesteps)."""
+        t = torch.as_tensor(t)
+        sigmas, log_sigmas, _ = self._on(t.device)
+        t = t.to(log_sigmas.dtype).clamp(0, self.num_timesteps - 1)
+        lo = t.floor().long()
+        hi = (lo + 1).clamp_max(self.num_timesteps - 1)
+        w = t - lo
+        return ((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp()
+
+    def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
+        """Snap sigma to the grid of the model's timesteps (same shape, dtype and device)."""
+        sigma = torch.as_tensor(sigma)
+        sigmas, _, _ = self._on(sigma.device)
+        rounded = sigmas[self.timestep_for_sigma(sigma)]
+        return rounded.to(sigma.dtype) if sigma.is_floating_point() else rounded
+
+    # --- the denoiser -----------------------------------------------------------------------------------------------
+    def denoise(self, fn: ModelFn, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """D(x; sigma) where ``fn(x_vp, t)`` runs the model at the timestep nearest sigma."""
+        s = _batch_sigma(sigma, x)
+        c = s.reshape(-1, *([1] * (x.ndim - 1)))
+        c_in = (1 + c * c).rsqrt()  # = sqrt(abar)
+        x_vp = x * c_in
+        out = fn(x_vp, self.timestep_for_sigma(s)).to(x.dtype)
+        if self.prediction_type == "epsilon":
+            return x - c * out
+        if self.prediction_type == "v_prediction":
+            # x0 = sqrt(abar) x_vp - sqrt(1 - abar) v, with sqrt(1 - abar) = sigma sqrt(abar).
+            return c_in * x_vp - c * c_in * out
+        return out
+
+
+Parametrization = EpsilonParametrization | DataParametrization

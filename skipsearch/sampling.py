@@ -1,0 +1,431 @@
+"""Samplers for denoisers D(x; sigma) in the k-diffusion convention, with exact counts of denoiser calls (NFE).
+
+Every sampler is a short pure function ``fn(denoiser, x, sigmas, *, noise, churn, **options) -> SampleResult``.
+``x`` is the state at ``sigmas[0]`` (already scaled by it), ``sigmas`` is a 1-D decreasing schedule that normally ends
+in 0 (see :func:`karras_sigmas`). The state and all sigma arithmetic are float64 like EDM, and the denoiser output is
+cast to float64. ``SampleResult.nfe`` counts the calls actually made; it is never computed from a formula.
+
+The VE parametrisation is used throughout: alpha_t = 1, sigma_t = sigma, lambda = -ln sigma, and the denoiser is the
+data prediction, so the exponential-integrator samplers (DPM-Solver++(2M), UniPC) use their data-prediction updates.
+Written from the published algorithms (EDM Alg. 2, DPM-Solver++, UniPC); no code is copied from EDM.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from skipsearch.schedule import Churn
+
+__all__ = [
+    "Denoiser",
+    "NFEError",
+    "SAMPLERS",
+    "SampleResult",
+    "SamplerSpec",
+    "SeededNoise",
+    "UnknownSamplerError",
+    "get_sampler",
+    "karras_sigmas",
+    "sample",
+    "sample_ddim",
+    "sample_dpmpp_2m",
+    "sample_euler",
+    "sample_heun",
+    "sample_unipc",
+    "steps_for_nfe",
+]
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+RoundSigma = Callable[[torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Schedules and noise
+
+
+def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+                  round_sigma: RoundSigma | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+    """EDM's noise levels (Karras et al. 2022, eq. 5) in float64: ``num_steps`` values from sigma_max to sigma_min,
+    optionally snapped by ``round_sigma``, then a final 0. ``num_steps == 1`` gives ``[sigma_max, 0]``."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if not 0 < sigma_min <= sigma_max:
+        raise ValueError(f"need 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    ramp = torch.arange(num_steps, dtype=torch.float64, device=device) / max(num_steps - 1, 1)
+    max_inv, min_inv = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    sigmas = (max_inv + ramp * (min_inv - max_inv)) ** rho
+    if round_sigma is not None:
+        sigmas = torch.as_tensor(round_sigma(sigmas)).to(device=sigmas.device, dtype=torch.float64).reshape(num_steps)
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+class SeededNoise:
+    """One ``torch.Generator`` per image, seeded with ``seed % 2**32`` (like EDM's per-image generators).
+
+    Each image's draws depend only on its own seed, so any image is reproducible on its own, in any batch position
+    or batch size, and trials that reuse seeds share their noise (common random numbers).
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str | None = None) -> None:
+        if len(seeds) == 0:
+            raise ValueError("SeededNoise needs at least one seed")
+        self.seeds = [int(seed) for seed in seeds]
+        self.device = torch.device(device if device is not None else "cpu")
+        self.generators = [torch.Generator(self.device).manual_seed(seed % 2**32) for seed in self.seeds]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, shape_per_image: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Standard normal draws, [B, *shape_per_image]; float32 by default like ``torch.randn``."""
+        return torch.stack([torch.randn(tuple(shape_per_image), generator=gen, dtype=dtype, device=self.device)
+                            for gen in self.generators])
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        """Standard normal draws shaped and typed like ``x`` (drawn in x's dtype, as EDM's ``randn_like`` does)."""
+        self._check_batch(x.shape[0])
+        return self.randn(x.shape[1:], dtype=x.dtype).to(x.device)
+
+    def randint(self, high: int) -> torch.Tensor:
+        """One integer in [0, high) per image, LongTensor [B] (e.g. class labels)."""
+        return torch.stack([torch.randint(high, (), generator=gen, device=self.device) for gen in self.generators])
+
+    def _check_batch(self, batch: int) -> None:
+        if batch != len(self.generators):
+            raise ValueError(f"batch of {batch} images but SeededNoise holds {len(self.generators)} seeds")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+@dataclass
+class SampleResult:
+    """Final state (float64, at the schedule's last sigma) and the number of denoiser calls made."""
+
+    x: torch.Tensor
+    nfe: int
+
+
+class _CountingDenoiser:
+    """Calls the denoiser with a per-image sigma vector [B], casts its output to x's dtype and counts the calls."""
+
+    def __init__(self, denoiser: Denoiser) -> None:
+        self.denoiser = denoiser
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        self.calls += 1
+        return self.denoiser(x, x.new_ones([x.shape[0]]) * sigma).to(x.dtype)
+
+
+def _start(x: torch.Tensor, sigmas: torch.Tensor, *, strict: bool = False) -> tuple[torch.Tensor, list[float]]:
+    """Validates the schedule and returns (float64 state, sigmas as Python floats)."""
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(sigmas.shape)}")
+    values = sigmas.detach().to(torch.float64).tolist()
+    if any(v <= 0 for v in values[:-1]) or values[-1] < 0:
+        raise ValueError("sigmas must be positive except possibly the last, which may be 0")
+    # Heun/Euler tolerate repeats (round_sigma can snap neighbours together); log-step samplers need h > 0.
+    if any(b > a or (strict and b == a) for a, b in zip(values, values[1:])):
+        raise ValueError(f"sigmas must be {'strictly decreasing' if strict else 'non-increasing'}")
+    return x.to(torch.float64), values
+
+
+def _churn_gammas(sigmas: list[float], churn: Churn) -> list[float]:
+    """EDM's per-step churn factor: min(S_churn/N, sqrt(2)-1) where S_min <= sigma_i <= S_max, else 0."""
+    if churn.s_churn < 0:
+        raise ValueError(f"s_churn must be >= 0, got {churn.s_churn}")
+    steps = len(sigmas) - 1
+    gamma = min(churn.s_churn / steps, math.sqrt(2.0) - 1.0)
+    return [gamma if gamma > 0 and churn.s_min <= s <= churn.s_max else 0.0 for s in sigmas[:-1]]
+
+
+def _require_noise(noise: SeededNoise | None, needed: bool, sampler: str) -> None:
+    if needed and noise is None:
+        raise ValueError(f"{sampler} with these settings draws noise: pass noise=SeededNoise(seeds, device)")
+
+
+def _reject_churn(churn: Churn, sampler: str) -> None:
+    # Deterministic multistep solvers have no churn step; ignoring the request silently would mislabel results.
+    if churn.s_churn != 0:
+        raise ValueError(f"{sampler} is deterministic and does not support churn (got s_churn={churn.s_churn})")
+
+
+def _churn_step(x: torch.Tensor, sigma: float, gamma: float, churn: Churn, noise: SeededNoise | None,
+                round_sigma: RoundSigma | None) -> tuple[torch.Tensor, float]:
+    """Raises the noise level to sigma_hat = sigma (1 + gamma) by adding fresh noise; no draw when gamma == 0."""
+    if gamma <= 0:
+        return x, sigma
+    sigma_hat = sigma * (1.0 + gamma)
+    if round_sigma is not None:
+        sigma_hat = float(torch.as_tensor(round_sigma(torch.tensor(sigma_hat, dtype=torch.float64))).reshape(()))
+    assert noise is not None  # checked up front by _require_noise
+    eps = noise.randn_like(x)
+    return x + math.sqrt(max(sigma_hat**2 - sigma**2, 0.0)) * churn.s_noise * eps, sigma_hat
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Samplers
+
+
+def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, noise: SeededNoise | None = None,
+                 churn: Churn = Churn(), round_sigma: RoundSigma | None = None) -> SampleResult:
+    """Euler on the probability-flow ODE dx/dsigma = (x - D)/sigma, with EDM churn. NFE = N steps."""
+    x, s = _start(x, sigmas)
+    model = _CountingDenoiser(denoiser)
+    gammas = _churn_gammas(s, churn)
+    _require_noise(noise, any(g > 0 for g in gammas), "euler")
+    for i, gamma in enumerate(gammas):
+        x, s_hat = _churn_step(x, s[i], gamma, churn, noise, round_sigma)
+        x = x + (s[i + 1] - s_hat) * (x - model(x, s_hat)) / s_hat
+    return SampleResult(x, model.calls)
+
+
+def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, noise: SeededNoise | None = None,
+                churn: Churn = Churn(), round_sigma: RoundSigma | None = None) -> SampleResult:
+    """EDM Algorithm 2: churn, Euler step, 2nd-order (trapezoidal) correction unless the next sigma is 0.
+
+    NFE = 2N - 1. Unlike EDM's loop, which draws churn noise at every step even when gamma = 0, noise is drawn only
+    when gamma > 0. Common random numbers still hold: which steps draw depends only on the schedule and churn.
+    """
+    x, s = _start(x, sigmas)
+    model = _CountingDenoiser(denoiser)
+    gammas = _churn_gammas(s, churn)
+    _require_noise(noise, any(g > 0 for g in gammas), "heun")
+    for i, gamma in enumerate(gammas):
+        x, s_hat = _churn_step(x, s[i], gamma, churn, noise, round_sigma)
+        s_next = s[i + 1]
+        d = (x - model(x, s_hat)) / s_hat
+        x_next = x + (s_next - s_hat) * d
+        if s_next > 0:
+            d_next = (x_next - model(x_next, s_next)) / s_next
+            x_next = x + (s_next - s_hat) * (0.5 * d + 0.5 * d_next)
+        x = x_next
+    return SampleResult(x, model.calls)
+
+
+def sample_ddim(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, noise: SeededNoise | None = None,
+                churn: Churn = Churn(), eta: float = 0.0, round_sigma: RoundSigma | None = None) -> SampleResult:
+    """DDIM in the VE sigma parametrisation. NFE = N steps.
+
+    eta = 0 is deterministic and identical to Euler. eta > 0 is ancestral (DDIM's sigma_t(eta) in VE form): step
+    down to sigma_down = sqrt(s_next^2 - sigma_up^2), then add sigma_up noise, where
+    sigma_up = eta * sqrt(s_next^2 (s^2 - s_next^2) / s^2), capped at s_next. EDM churn is also accepted, applied
+    before each step as in Euler.
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    x, s = _start(x, sigmas)
+    model = _CountingDenoiser(denoiser)
+    gammas = _churn_gammas(s, churn)
+    _require_noise(noise, any(g > 0 for g in gammas) or (eta > 0 and any(v > 0 for v in s[1:])), "ddim")
+    for i, gamma in enumerate(gammas):
+        x, s_hat = _churn_step(x, s[i], gamma, churn, noise, round_sigma)
+        s_next = s[i + 1]
+        sigma_up = min(s_next, eta * math.sqrt(s_next**2 * max(s_hat**2 - s_next**2, 0.0) / s_hat**2))
+        sigma_down = math.sqrt(s_next**2 - sigma_up**2)
+        # Written as an Euler step so that eta = 0 reproduces sample_euler bit for bit.
+        x = x + (sigma_down - s_hat) * (x - model(x, s_hat)) / s_hat
+        if sigma_up > 0:
+            assert noise is not None
+            x = x + sigma_up * noise.randn_like(x)
+    return SampleResult(x, model.calls)
+
+
+def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, noise: SeededNoise | None = None,
+                    churn: Churn = Churn()) -> SampleResult:
+    """DPM-Solver++(2M) in t = -ln sigma; the first step and a step to sigma = 0 are first order. NFE = N steps."""
+    _reject_churn(churn, "dpmpp_2m")
+    x, s = _start(x, sigmas, strict=True)
+    model = _CountingDenoiser(denoiser)
+    previous: torch.Tensor | None = None
+    h_previous = 0.0
+    for i in range(len(s) - 1):
+        denoised = model(x, s[i])
+        if s[i + 1] == 0:
+            x = denoised  # the exponential-integrator step to sigma = 0 lands exactly on the data prediction
+            break
+        h = math.log(s[i] / s[i + 1])
+        if previous is None:
+            target = denoised
+        else:
+            r = h_previous / h
+            target = (1.0 + 0.5 / r) * denoised - (0.5 / r) * previous
+        x = (s[i + 1] / s[i]) * x - math.expm1(-h) * target
+        previous, h_previous = denoised, h
+    return SampleResult(x, model.calls)
+
+
+def _unipc_coefficients(h: float, rks: list[float], variant: str) -> tuple[float, list[float], list[float]]:
+    """B(h) and the predictor (K-1) and corrector (K) weights of a UniPC step of order K = len(rks) + 1.
+
+    rks are the past points' (lambda_j - lambda_0)/h (negative); the new point has r = 1. Data-prediction form with
+    hh = -h: the b_k come from the phi-function recursion, and the weights solve R rho = b with R_kj = r_j^(k-1).
+    """
+    order = len(rks) + 1
+    hh = -h
+    b_h = hh if variant == "bh1" else math.expm1(hh)
+    phi = math.expm1(hh) / hh - 1.0
+    factorial = 1.0
+    b = []
+    for k in range(1, order + 1):
+        b.append(phi * factorial / b_h)
+        factorial *= k + 1
+        phi = phi / hh - 1.0 / factorial
+    # UniPC fixes the 2nd-order predictor weight and the 1st-order corrector weight to 1/2, as the original does.
+    if order == 1:
+        return b_h, [], [0.5]
+    nodes = torch.tensor([*rks, 1.0], dtype=torch.float64)
+    matrix = torch.stack([nodes**k for k in range(order)])
+    rhs = torch.tensor(b, dtype=torch.float64)
+    rhos_p = [0.5] if order == 2 else torch.linalg.solve(matrix[:-1, :-1], rhs[:-1]).tolist()
+    rhos_c = torch.linalg.solve(matrix, rhs).tolist()
+    return b_h, rhos_p, rhos_c
+
+
+def sample_unipc(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, noise: SeededNoise | None = None,
+                 churn: Churn = Churn(), order: int = 3, variant: str = "bh1", lower_order_final: bool = True,
+                 corrector: bool = True) -> SampleResult:
+    """Multistep UniPC (UniP-p predictor + UniC corrector) in data-prediction mode, VE (alpha=1, lambda=-ln sigma).
+
+    Steps between positive sigmas are UniPC steps of order min(order, j) (warm-up) and, with lower_order_final,
+    at most the number of such steps left. The corrector reuses the denoiser call at the predicted point, which the
+    next predictor needs anyway, so each step costs one call; the last such step has no corrector.
+
+    A schedule ending in 0 (lambda = inf) ends with a first-order (DDIM) step, which at sigma_next = 0 is exactly
+    x = D(x, sigma_{N-1}): the UniPC steps land on sigma_{N-1} without a corrector (its result would be discarded)
+    and the call there gives the output. This equals the original's ``denoise_to_zero`` run with N-1 steps.
+    NFE = N for N schedule steps in either case. ``corrector=False`` gives the predictor alone (UniP-p, order p)
+    at the same NFE, for ablations; with it (the default) UniPC-p has order p + 1.
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
+    if variant not in ("bh1", "bh2"):
+        raise ValueError(f"UniPC variant must be 'bh1' or 'bh2', got {variant!r}")
+    _reject_churn(churn, "unipc")
+    x, s = _start(x, sigmas, strict=True)
+    model = _CountingDenoiser(denoiser)
+    to_zero = s[-1] == 0
+    solver_steps = len(s) - 1 - int(to_zero)
+    outputs = [model(x, s[0])]  # data predictions at past points, newest last
+    lambdas = [-math.log(s[0])]
+    for j in range(1, solver_steps + 1):
+        step_order = min(order, j, solver_steps + 1 - j) if lower_order_final else min(order, j)
+        lam = -math.log(s[j])
+        h = lam - lambdas[-1]
+        rks = [(lambdas[-1 - k] - lambdas[-1]) / h for k in range(1, step_order)]
+        b_h, rhos_p, rhos_c = _unipc_coefficients(h, rks, variant)
+        m0 = outputs[-1]
+        diffs = [(outputs[-1 - k] - m0) / rks[k - 1] for k in range(1, step_order)]
+        x_linear = (s[j] / s[j - 1]) * x - math.expm1(-h) * m0
+        x = x_linear - b_h * sum((rho * d for rho, d in zip(rhos_p, diffs)), torch.zeros_like(x))
+        last = j == solver_steps
+        if last and not to_zero:
+            break  # UniPC's final step: predictor only, no denoiser call
+        m_new = model(x, s[j])
+        if corrector and not last:
+            correction = sum((rho * d for rho, d in zip(rhos_c[:-1], diffs)), torch.zeros_like(x))
+            x = x_linear - b_h * (correction + rhos_c[-1] * (m_new - m0))
+        outputs, lambdas = [*outputs, m_new][-order:], [*lambdas, lam][-order:]
+    if to_zero:
+        x = outputs[-1]
+    return SampleResult(x, model.calls)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Registry and NFE budgeting
+
+SamplerFn = Callable[..., SampleResult]
+
+
+def _nfe_one_per_step(steps: int) -> int:
+    return steps
+
+
+def _nfe_heun(steps: int) -> int:
+    return 2 * steps - 1
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler, whether it takes noise (churn or ancestral), and its NFE as a function of the step count."""
+
+    name: str
+    fn: SamplerFn
+    stochastic: bool
+    nfe_of_steps: Callable[[int], int]
+    description: str
+    nfe_formula: str = "steps"
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    spec.name: spec
+    for spec in [
+        SamplerSpec("heun", sample_heun, True, _nfe_heun, "EDM Algorithm 2 (Heun, 2nd order) with optional churn",
+                    "2*steps - 1"),
+        SamplerSpec("euler", sample_euler, True, _nfe_one_per_step, "Euler (1st order) with optional EDM churn"),
+        SamplerSpec("dpmpp_2m", sample_dpmpp_2m, False, _nfe_one_per_step, "DPM-Solver++(2M), deterministic"),
+        SamplerSpec("unipc", sample_unipc, False, _nfe_one_per_step,
+                    "UniPC multistep, data prediction (options: order 1-3, variant bh1/bh2)"),
+        SamplerSpec("ddim", sample_ddim, True, _nfe_one_per_step, "DDIM in sigma form (option eta; eta=0 is Euler)"),
+    ]
+}
+
+
+class UnknownSamplerError(ValueError):
+    """A sampler name that is not in SAMPLERS."""
+
+
+class NFEError(ValueError):
+    """An NFE budget that a sampler cannot spend exactly."""
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    """The registered sampler called ``name``."""
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise UnknownSamplerError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLERS)}") from None
+
+
+def steps_for_nfe(sampler: str, nfe: int) -> int:
+    """The step count whose NFE is exactly ``nfe``; NFEError naming the nearest valid budgets otherwise."""
+    spec = get_sampler(sampler)
+    try:
+        budget = operator.index(nfe)
+    except TypeError:
+        raise NFEError(f"NFE must be a positive integer, got {nfe!r}") from None
+    if isinstance(nfe, bool) or budget <= 0:
+        raise NFEError(f"NFE must be a positive integer, got {nfe!r}")
+    steps = 1
+    while spec.nfe_of_steps(steps) < budget:
+        steps += 1
+    if spec.nfe_of_steps(steps) == budget:
+        return steps
+    options = [spec.nfe_of_steps(n) for n in (steps - 1, steps) if n >= 1]
+    raise NFEError(f"{spec.name} cannot spend exactly {budget} denoiser calls (NFE = {spec.nfe_formula}): use "
+                   + " or ".join(f"--nfe {value}" for value in options))
+
+
+def sample(denoiser: Denoiser, x: torch.Tensor, *, sampler: str, nfe: int, sigma_min: float, sigma_max: float,
+           rho: float = 7.0, round_sigma: RoundSigma | None = None, noise: SeededNoise | None = None,
+           churn: Churn = Churn(), **options: object) -> SampleResult:
+    """Samples from standard-normal latents ``x`` with exactly ``nfe`` denoiser calls on EDM's Karras schedule.
+
+    The start is ``x * sigma_max`` in float64 (after round_sigma); ``options`` go to the sampler (e.g. order, eta).
+    """
+    spec = get_sampler(sampler)
+    steps = steps_for_nfe(sampler, nfe)
+    sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho, round_sigma, device=x.device)
+    if round_sigma is not None and spec.stochastic:
+        options.setdefault("round_sigma", round_sigma)
+    result = spec.fn(denoiser, x.to(torch.float64) * sigmas[0], sigmas, noise=noise, churn=churn, **options)
+    if result.nfe != nfe:
+        raise AssertionError(f"{sampler} made {result.nfe} denoiser calls, expected {nfe}")
+    return result

@@ -1,0 +1,235 @@
+"""Search spaces: Optuna parameters (define-by-run) -> ``SkipSchedule``.
+
+Each space is a small class with ``suggest(trial) -> SkipSchedule`` and ``baseline(rho_bottom, rho_top)`` giving
+the parameters that reproduce a linear bottom->top schedule, so baselines (rho = 1, the paper's recipe) can be
+enqueued in any space. A ``+eps`` suffix adds epsilon scaling (Ning et al. 2023) to any space; churn parameters are
+added when the sampler is stochastic and churn search is on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from skipsearch.schedule import Churn, SkipSchedule, karras_interval_bounds
+
+
+class UnknownSpaceError(ValueError):
+    """A search-space name that does not exist."""
+
+
+@dataclass(frozen=True)
+class SpaceContext:
+    """What a space needs to know about the model and the sampler."""
+
+    num_skip_points: int
+    level_of_point: list[int]
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    num_steps: int = 5  # sampler steps at the study's NFE (for sigma-interval bounds)
+    stochastic: bool = False  # sampler supports EDM churn
+
+
+@dataclass(frozen=True)
+class SpaceBounds:
+    """Parameter ranges; the paper's defaults (rho in [0.3, 1.0], churn in [0, 40])."""
+
+    rho_min: float = 0.3
+    rho_max: float = 1.0
+    churn_max: float = 40.0
+    eps_min: float = 1.0
+    eps_max: float = 1.03
+    num_intervals: int = 3
+    search_churn: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rho_min < self.rho_max <= 2:
+            raise ValueError(f"rho range [{self.rho_min}, {self.rho_max}] must satisfy 0 <= min < max <= 2")
+        if not 0.5 <= self.eps_min <= self.eps_max <= 2:
+            raise ValueError(f"eps-scale range [{self.eps_min}, {self.eps_max}] must lie in [0.5, 2]")
+        if self.churn_max < 0 or self.num_intervals < 1:
+            raise ValueError("churn_max must be >= 0 and num_intervals >= 1")
+
+
+def paper_rho_bottom(nfe: int) -> float:
+    """The paper's best linear rho_bottom, interpolated in log NFE: 0.68 at NFE 9, ~0.78 at 19, ~0.85 at 39."""
+    value = 0.68 + 0.17 * math.log(max(nfe, 1) / 9) / math.log(39 / 9)
+    return float(min(0.95, max(0.5, value)))
+
+
+class SearchSpace:
+    """Base: subclasses implement ``_rho(trial)`` returning the schedule's rho part."""
+
+    name = ""
+    description = ""
+
+    def __init__(self, ctx: SpaceContext, bounds: SpaceBounds = SpaceBounds(), eps: bool = False):
+        self.ctx, self.bounds, self.eps = ctx, bounds, eps
+
+    def _rho_param(self, trial: Any, name: str) -> float:
+        return trial.suggest_float(name, self.bounds.rho_min, self.bounds.rho_max)
+
+    def _rho(self, trial: Any) -> SkipSchedule:
+        raise NotImplementedError
+
+    def _linear_params(self, rho_bottom: float, rho_top: float) -> dict[str, float]:
+        raise NotImplementedError
+
+    def suggest(self, trial: Any) -> SkipSchedule:
+        schedule = self._rho(trial)
+        eps_scale = trial.suggest_float("eps_scale", self.bounds.eps_min, self.bounds.eps_max) if self.eps else 1.0
+        churn = Churn()
+        if self.ctx.stochastic and self.bounds.search_churn:
+            churn = Churn(s_churn=trial.suggest_float("s_churn", 0.0, self.bounds.churn_max),
+                          s_min=trial.suggest_float("s_min", 0.0, 1.0),
+                          s_max=trial.suggest_float("s_max", 1.0, self.ctx.sigma_max, log=True),
+                          s_noise=trial.suggest_float("s_noise", 1.0, 1.010))
+        return SkipSchedule(rho=schedule.rho, sigma_bounds=schedule.sigma_bounds, churn=churn, eps_scale=eps_scale,
+                            family=schedule.family, params=schedule.params)
+
+    def baseline(self, rho_bottom: float, rho_top: float = 1.0, eps_scale: float = 1.0) -> dict[str, float]:
+        """Parameters of this space closest to a linear schedule (clipped to the bounds), for enqueue_trial."""
+        params = {k: min(self.bounds.rho_max, max(self.bounds.rho_min, v)) if isinstance(v, float) else v
+                  for k, v in self._linear_params(rho_bottom, rho_top).items()}
+        if self.eps:
+            params["eps_scale"] = min(self.bounds.eps_max, max(self.bounds.eps_min, eps_scale))
+        if self.ctx.stochastic and self.bounds.search_churn:
+            params.update(s_churn=0.0, s_min=0.0, s_max=self.ctx.sigma_max, s_noise=1.0)
+        return params
+
+    def _linear_values(self, rho_bottom: float, rho_top: float) -> list[float]:
+        k = self.ctx.num_skip_points
+        return [rho_bottom + (rho_top - rho_bottom) * i / max(k - 1, 1) for i in range(k)]
+
+
+class ConstantSpace(SearchSpace):
+    name, description = "constant", "one rho for every skip point"
+
+    def _rho(self, trial):
+        return SkipSchedule.constant(self._rho_param(trial, "rho"), self.ctx.num_skip_points)
+
+    def _linear_params(self, rho_bottom, rho_top):
+        return {"rho": (rho_bottom + rho_top) / 2}
+
+
+class LinearSpace(SearchSpace):
+    name, description = "linear", "the paper's linear bottom->top rule (rho_bottom, rho_top)"
+
+    def _rho(self, trial):
+        return SkipSchedule.linear(self._rho_param(trial, "rho_bottom"), self._rho_param(trial, "rho_top"),
+                                   self.ctx.num_skip_points)
+
+    def _linear_params(self, rho_bottom, rho_top):
+        return {"rho_bottom": rho_bottom, "rho_top": rho_top}
+
+
+class PerLevelSpace(SearchSpace):
+    name, description = "per-level", "one rho per resolution level"
+
+    def _levels(self) -> int:
+        return max(self.ctx.level_of_point) + 1
+
+    def _rho(self, trial):
+        values = [self._rho_param(trial, f"rho_level{i}") for i in range(self._levels())]
+        return SkipSchedule.per_level(values, self.ctx.level_of_point)
+
+    def _linear_params(self, rho_bottom, rho_top):
+        n = self._levels()
+        return {f"rho_level{i}": rho_bottom + (rho_top - rho_bottom) * i / max(n - 1, 1) for i in range(n)}
+
+
+class PerLayerSpace(SearchSpace):
+    name, description = "per-layer", "a free rho per skip point"
+
+    def _rho(self, trial):
+        return SkipSchedule.per_layer([self._rho_param(trial, f"rho{i}") for i in range(self.ctx.num_skip_points)])
+
+    def _linear_params(self, rho_bottom, rho_top):
+        return {f"rho{i}": v for i, v in enumerate(self._linear_values(rho_bottom, rho_top))}
+
+
+class IntervalLinearSpace(SearchSpace):
+    name, description = "intervals", "K sigma-intervals, each with its own linear bottom->top rule"
+
+    def bounds_for_sigma(self) -> tuple[float, ...]:
+        k = max(1, min(self.bounds.num_intervals, self.ctx.num_steps))
+        per = math.ceil(self.ctx.num_steps / k)
+        return karras_interval_bounds(self.ctx.sigma_min, self.ctx.sigma_max, self.ctx.num_steps, per)
+
+    def _rho(self, trial):
+        bounds = self.bounds_for_sigma()
+        rows = []
+        for i in range(len(bounds) - 1):
+            bottom, top = self._rho_param(trial, f"rho_bottom_i{i}"), self._rho_param(trial, f"rho_top_i{i}")
+            rows.append(SkipSchedule.linear(bottom, top, self.ctx.num_skip_points).rho[0].tolist())
+        return SkipSchedule.intervals(rows, bounds)
+
+    def _linear_params(self, rho_bottom, rho_top):
+        n = len(self.bounds_for_sigma()) - 1
+        return {f"{kind}_i{i}": v for i in range(n)
+                for kind, v in (("rho_bottom", rho_bottom), ("rho_top", rho_top))}
+
+
+class LinearInTimeSpace(SearchSpace):
+    name, description = "linear-in-time", "rho linear in log-sigma from rho_0 to 1.0 (paper §5.2), either direction"
+
+    def _rho(self, trial):
+        direction = trial.suggest_categorical("direction", ["decreasing", "increasing"])
+        return SkipSchedule.linear_in_time(self._rho_param(trial, "rho_0"), self.ctx.num_skip_points,
+                                           direction=direction, sigma_min=self.ctx.sigma_min,
+                                           sigma_max=self.ctx.sigma_max)
+
+    def _linear_params(self, rho_bottom, rho_top):
+        return {"direction": "decreasing", "rho_0": float(rho_bottom)}
+
+
+
+class EpsScaleSpace(SearchSpace):
+    name, description = "eps-scale", "epsilon scaling alone (rho = 1): the exposure-bias baseline"
+
+    def __init__(self, ctx, bounds=SpaceBounds(), eps=True):
+        super().__init__(ctx, bounds, eps=True)
+
+    def _rho(self, trial):
+        return SkipSchedule.identity(self.ctx.num_skip_points)
+
+    def _linear_params(self, rho_bottom, rho_top):
+        return {}
+
+
+SPACES: dict[str, type[SearchSpace]] = {cls.name: cls for cls in (
+    ConstantSpace, LinearSpace, PerLevelSpace, PerLayerSpace, IntervalLinearSpace, LinearInTimeSpace, EpsScaleSpace)}
+
+
+def space_names() -> list[str]:
+    return [*SPACES, *(f"{name}+eps" for name in SPACES if name != "eps-scale")]
+
+
+def check_space_name(name: str) -> tuple[str, bool]:
+    """(base space, with eps) for a valid name, else UnknownSpaceError listing the known ones."""
+    base, _, suffix = name.partition("+")
+    if base not in SPACES or suffix not in ("", "eps"):
+        raise UnknownSpaceError(f"unknown search space {name!r}; known: {', '.join(space_names())}")
+    return base, suffix == "eps"
+
+
+def get_space(name: str, ctx: SpaceContext, bounds: SpaceBounds = SpaceBounds()) -> SearchSpace:
+    """``linear``, ``per-layer+eps`` ... (see ``space_names()``)."""
+    base, eps = check_space_name(name)
+    return SPACES[base](ctx, bounds, eps=eps) if base != "eps-scale" else EpsScaleSpace(ctx, bounds)
+
+
+@dataclass
+class Baseline:
+    label: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def baselines(space: SearchSpace, nfe: int) -> list[Baseline]:
+    """rho = 1 (untuned) and the paper's recipe (linear rho_bottom(nfe) -> 1.0), deduplicated."""
+    out = [Baseline("untuned (rho=1)", space.baseline(1.0, 1.0))]
+    paper = Baseline(f"paper recipe (linear {paper_rho_bottom(nfe):.2f}->1.0)", space.baseline(paper_rho_bottom(nfe)))
+    if paper.params != out[0].params:
+        out.append(paper)
+    return out

@@ -1,0 +1,147 @@
+"""Study definitions: one readable TOML file per study kind (``studies/``), overridden by command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from skipsearch.proxy.fid_proxy import ProxyConfig
+from skipsearch.spaces import SpaceBounds
+
+# The repository's studies/ folder (an installed wheel falls back to the built-in defaults below).
+STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
+OPTUNA_SAMPLERS = ("tpe", "gp", "cmaes", "random")
+PRUNERS = ("successive-halving", "hyperband", "median", "aggressive", "none")
+
+
+class StudyDefinitionError(ValueError):
+    """A malformed study file or an impossible combination; the message names the file and field."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    sampler: str = "tpe"
+    pruner: str = "successive-halving"
+    reduction_factor: int = 3
+    seed: int = 0
+    validate_top_k: int = 3
+    final_n: int = 2000
+    validation_seed_offset: int = 1_000_000
+    warm_start: bool = True
+
+
+@dataclass(frozen=True)
+class StudyDefinition:
+    """Everything a study needs; ``name`` defaults to one derived from model, weights, sampler, NFE and space."""
+
+    model: str = "edm"
+    sampler: str = "heun"
+    nfe: int = 9
+    space: str = "linear"
+    trials: int = 16
+    name: str | None = None
+    checkpoint: str | None = None
+    space_bounds: SpaceBounds = SpaceBounds()
+    proxy: ProxyConfig = ProxyConfig()
+    search: SearchConfig = SearchConfig()
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    source: str = "built-in defaults"
+
+    def override(self, **changes: Any) -> StudyDefinition:
+        """Apply command-line flags (None means 'not given'); nested fields as ``proxy__metric`` etc."""
+        top: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            if value is None:
+                continue
+            if "__" in key:
+                section, name = key.split("__", 1)
+                nested.setdefault(section, {})[name] = value
+            else:
+                top[key] = value
+        for section, values in nested.items():
+            try:
+                top[section] = dataclasses.replace(getattr(self, section), **values)
+            except (TypeError, ValueError) as exc:
+                raise StudyDefinitionError(f"{section}: {exc}") from None
+        return dataclasses.replace(self, **top)
+
+
+_SECTIONS = {"space": ("space_bounds", SpaceBounds), "proxy": ("proxy", ProxyConfig),
+             "search": ("search", SearchConfig)}
+
+
+def parse_study(data: dict[str, Any], source: str) -> StudyDefinition:
+    """A definition from parsed TOML: ``[study]`` top-level fields, ``[space]``, ``[proxy]``, ``[search]``."""
+    unknown = set(data) - {"study", "sampler_options", *_SECTIONS}
+    if unknown:
+        raise StudyDefinitionError(f"{source}: unknown section(s) {sorted(unknown)}; expected [study], [space], "
+                                   "[proxy], [search], [sampler_options]")
+    kwargs: dict[str, Any] = {"source": source}
+    study = data.get("study", {})
+    allowed = {"model", "sampler", "nfe", "space", "trials", "name", "checkpoint"}
+    for key, value in study.items():
+        if key not in allowed:
+            raise StudyDefinitionError(f"{source}: [study] has no field {key!r}; known: {sorted(allowed)}")
+        kwargs[key] = value
+    for section, (attr, cls) in _SECTIONS.items():
+        values = dict(data.get(section, {}))
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in fields:
+                raise StudyDefinitionError(f"{source}: [{section}] has no field {key!r}; known: {sorted(fields)}")
+        if "rungs" in values:
+            values["rungs"] = tuple(values["rungs"])
+        try:
+            kwargs[attr] = cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise StudyDefinitionError(f"{source}: [{section}] {exc}") from None
+    kwargs["sampler_options"] = dict(data.get("sampler_options", {}))
+    definition = StudyDefinition(**kwargs)
+    validate(definition)
+    return definition
+
+
+def validate(definition: StudyDefinition) -> None:
+    where = definition.source
+    if not isinstance(definition.nfe, int) or isinstance(definition.nfe, bool):
+        raise StudyDefinitionError(f"{where}: nfe must be an integer, got {definition.nfe!r}")
+    if not isinstance(definition.trials, int) or definition.trials < 1:
+        raise StudyDefinitionError(f"{where}: trials must be a positive integer, got {definition.trials!r}")
+    if definition.search.sampler not in OPTUNA_SAMPLERS:
+        raise StudyDefinitionError(f"{where}: unknown Optuna sampler {definition.search.sampler!r}; "
+                                   f"use {', '.join(OPTUNA_SAMPLERS)}")
+    if definition.search.pruner not in PRUNERS:
+        raise StudyDefinitionError(f"{where}: unknown pruner {definition.search.pruner!r}; use {', '.join(PRUNERS)}")
+    if definition.search.final_n < 2 or definition.search.validate_top_k < 0:
+        raise StudyDefinitionError(f"{where}: final_n must be >= 2 and validate_top_k >= 0")
+
+
+def load_study_file(path: str | os.PathLike) -> StudyDefinition:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise StudyDefinitionError(f"study file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise StudyDefinitionError(f"{path}: not valid TOML ({exc})") from None
+    return parse_study(data, str(path))
+
+
+def default_study(model: str, sampler: str | None = None, nfe: int | None = None) -> StudyDefinition:
+    """The most specific file in studies/: ``{model}-{sampler}-nfe{nfe}``, ``{model}-nfe{nfe}``, ``{model}``."""
+    folder = Path(os.environ.get("SKIPSEARCH_STUDIES", STUDIES_DIR))
+    names = []
+    if sampler and nfe:
+        names.append(f"{model}-{sampler}-nfe{nfe}.toml")
+    if nfe:
+        names.append(f"{model}-nfe{nfe}.toml")
+    names.append(f"{model}.toml")
+    for name in names:
+        if (folder / name).is_file():
+            return load_study_file(folder / name)
+    return StudyDefinition(model=model)

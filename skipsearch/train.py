@@ -1,0 +1,127 @@
+"""Training of EDM-parametrised models: the EDM loss (log-normal sigma), Adam, EMA of the weights.
+
+Used to make the bundled MNIST model (``skipsearch train``) and, with another loss, by S²-DM fine-tuning trials.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from skipsearch.models.edm_networks import _Precond
+
+# A loss maps (net, clean images in [-1,1], labels or None, generator) to per-sample losses [B].
+LossFn = Callable[[_Precond, torch.Tensor, "torch.Tensor | None", torch.Generator], torch.Tensor]
+
+
+def edm_sigma_and_weight(batch: int, p_mean: float, p_std: float, sigma_data: float, generator: torch.Generator,
+                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ln(sigma) ~ N(p_mean, p_std^2) and the EDM weight (sigma^2 + sd^2)/(sigma sd)^2, both [B,1,1,1]."""
+    rnd = torch.randn([batch, 1, 1, 1], generator=generator, device=device)
+    sigma = (rnd * p_std + p_mean).exp()
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    return sigma, weight
+
+
+@dataclass(frozen=True)
+class EDMLoss:
+    """EDM's denoising score-matching loss (Karras et al. 2022, Eq. 2 with their sigma density and weight)."""
+
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_data: float = 0.5
+
+    def __call__(self, net: _Precond, images: torch.Tensor, labels: torch.Tensor | None,
+                 generator: torch.Generator) -> torch.Tensor:
+        sigma, weight = edm_sigma_and_weight(images.shape[0], self.p_mean, self.p_std, self.sigma_data, generator,
+                                             images.device)
+        noise = torch.randn(images.shape, generator=generator, device=images.device)
+        denoised = net(images + noise * sigma, sigma, labels)
+        return (weight * (denoised - images) ** 2).flatten(1).mean(1)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20000
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_warmup_steps: int = 500
+    ema_halflife_images: float = 500_000
+    ema_rampup_ratio: float = 0.05
+    seed: int = 0
+    log_every: int = 100
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainResult:
+    config: dict
+    steps: int
+    wall_seconds: float
+    final_loss: float
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def update_ema(ema: nn.Module, net: nn.Module, beta: float) -> None:
+    with torch.no_grad():
+        ema_params = list(ema.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in net.parameters()], 1 - beta)
+
+
+def train(net: _Precond, images: torch.Tensor, labels: torch.Tensor | None = None, *,
+          config: TrainConfig = TrainConfig(), loss_fn: LossFn = EDMLoss(), ema: nn.Module | None = None,
+          device: torch.device | str = "cpu", on_log: Callable[[int, float, nn.Module], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> tuple[nn.Module, TrainResult]:
+    """Train ``net`` on float images in [-1,1] ([N,C,H,W]); returns (EMA network, result).
+
+    ``on_log(step, mean_loss, ema)`` is called every ``log_every`` steps (progress, checkpoints, pruning reports).
+    """
+    device = torch.device(device)
+    net.train().requires_grad_(True).to(device)
+    ema = (ema if ema is not None else copy.deepcopy(net)).eval().requires_grad_(False).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    generator = torch.Generator(device).manual_seed(config.seed)
+    index_generator = torch.Generator().manual_seed(config.seed)
+    history: list[tuple[int, float]] = []
+    running, count, last = 0.0, 0, math.nan
+    start = time.perf_counter()
+    step = 0
+    for step in range(1, config.steps + 1):
+        idx = torch.randint(images.shape[0], [config.batch_size], generator=index_generator)
+        batch = images[idx].to(device)
+        batch_labels = labels[idx].to(device) if labels is not None else None
+        loss = loss_fn(net, batch, batch_labels, generator).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for g in optimizer.param_groups:
+            g["lr"] = config.lr * min(step / max(config.lr_warmup_steps, 1), 1.0)
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        if not all(torch.isfinite(g).all() for g in grads):  # EDM's guard: a rare bad gradient must not poison
+            for g in grads:
+                torch.nan_to_num(g, nan=0, posinf=1e5, neginf=-1e5, out=g)
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        optimizer.step()
+        seen = step * config.batch_size
+        halflife = min(config.ema_halflife_images, seen * config.ema_rampup_ratio)
+        update_ema(ema, net, 0.5 ** (config.batch_size / max(halflife, 1e-8)))
+        running += loss.item()
+        count += 1
+        if step % config.log_every == 0 or step == config.steps:
+            last = running / count
+            history.append((step, last))
+            running, count = 0.0, 0
+            if on_log is not None:
+                on_log(step, last, ema)
+        if should_stop is not None and should_stop():
+            break
+    net.eval().requires_grad_(False)
+    result = TrainResult(config=asdict(config), steps=step, wall_seconds=time.perf_counter() - start,
+                         final_loss=last, loss_history=history)
+    return ema, result

@@ -1,0 +1,33 @@
+"""Shared fixtures: small real networks (random init) and the bundled model."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Tests share 2 cores with each other's subprocesses; one intra-op thread avoids oversubscription stalls.
+torch.set_num_threads(int(os.environ.get("SKIPSEARCH_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session")
+def tiny_edm():
+    """A small random-init EDM SongUNet (same architecture family as the bundled model), as an adapter."""
+    from skipsearch.models.checkpoints import create_network
+    from skipsearch.models.edm import EDMAdapter
+    torch.manual_seed(0)
+    net = create_network("EDMPrecond", img_resolution=16, img_channels=1, model_type="SongUNet", model_channels=16,
+                         channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0)
+    # Zero-init output layers make a fresh UNet ignore its skips; randomise them so hooks are observable.
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.abs().max() < 1e-3:
+                p.normal_(0, 0.1)
+    return EDMAdapter(net, "tiny-edm")
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    from skipsearch.models import load_model
+    return load_model("edm")
