@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from skipsearch.data import load_mnist
-from skipsearch.proxy.extractors import MnistFeatureNet, get_extractor, sha256_file
+from skipsearch.models.checkpoints import file_sha256
+from skipsearch.proxy.extractors import MnistFeatureNet, get_extractor
 from skipsearch.proxy.stats import features_of_images, save_npz
 
 SEED = 20240601
@@ -129,7 +130,7 @@ def main() -> None:
         "train_wall_time_s": round(wall, 1),
         "torch": torch.__version__,
         "machine": platform.machine(),
-        "sha256": sha256_file(weights),
+        "sha256": file_sha256(weights),
     }
     (args.out / "mnist_features.json").write_text(json.dumps(card, indent=2) + "\n")
 

@@ -7,4 +7,11 @@ __version__ = "0.1.0"
 from skipsearch.models import adapt, apply, load_model
 from skipsearch.schedule import SkipSchedule
 
-__all__ = ["SkipSchedule", "adapt", "apply", "load_model", "__version__"]
+
+def optimize(*args, **kwargs):
+    """Run a study like ``skipsearch optimize`` (see :func:`skipsearch.service.optimize`)."""
+    from skipsearch.service import optimize as run
+    return run(*args, **kwargs)
+
+
+__all__ = ["SkipSchedule", "adapt", "apply", "load_model", "optimize", "__version__"]

@@ -71,12 +71,14 @@ def _progress() -> Progress:
 
 
 def _load(model: str, checkpoint: Optional[Path], trust_pickle: bool, device: str):
-    from skipsearch.device import configure_cpu_threads, resolve_device
+    from skipsearch.device import configure_cpu_threads, prepare_module, resolve_device
     from skipsearch.models import load_model
     dev = resolve_device(device)
     if dev.type == "cpu":
         configure_cpu_threads()
-    return load_model(model, checkpoint=checkpoint, trust_pickle=trust_pickle, device=str(dev))
+    adapter = load_model(model, checkpoint=checkpoint, trust_pickle=trust_pickle)
+    prepare_module(adapter.net, dev)
+    return adapter
 
 
 def parse_rho(text: str, num_skip_points: int):
@@ -91,6 +93,16 @@ def parse_rho(text: str, num_skip_points: int):
     if len(parts) == 2:
         return SkipSchedule.linear(parts[0], parts[1], num_skip_points)
     raise UsageError(f"--rho {text!r}: give a number (0.7) or bottom:top (0.68:1.0)")
+
+
+def _weights_of(schedule: Path) -> Optional[Path]:
+    """Fine-tuned weights a schedule names (S²-DM exports), when that file is present."""
+    import json
+    try:
+        path = json.loads(schedule.read_text()).get("provenance", {}).get("weights_path")
+    except (OSError, ValueError, AttributeError):
+        return None  # SkipSchedule.load reports the real problem with the file
+    return Path(path) if path and Path(path).is_file() else None
 
 
 def resolve_schedule(adapter, schedule: Optional[Path], rho: Optional[str]):
@@ -170,6 +182,8 @@ def sample(model: str = ModelOpt, nfe: int = typer.Option(35, "--nfe", help="den
     if n <= 0:
         raise UsageError(f"--n must be positive, got {n}")
     steps_for_nfe(sampler, nfe)  # fail on a bad NFE before loading anything
+    if checkpoint is None and schedule is not None:
+        checkpoint = _weights_of(schedule)
     adapter = _load(model, checkpoint, trust_pickle, device)
     tuned = resolve_schedule(adapter, schedule, rho)
     with _progress() as progress:
@@ -281,7 +295,8 @@ def _storage(url: Optional[str]) -> str:
 def optimize(model: str = ModelOpt, nfe: Optional[int] = typer.Option(None, "--nfe"),
              sampler: Optional[str] = typer.Option(None, help="heun | euler | dpmpp_2m | unipc | ddim"),
              space: Optional[str] = typer.Option(None, help="constant | linear | per-level | per-layer | intervals | "
-                                                           "linear-in-time | eps-scale, optionally +eps"),
+                                                           "linear-in-time | eps-scale, optionally +eps; s2dm | "
+                                                           "s2dm+linear (S²-DM fine-tuning trials)"),
              trials: Optional[int] = typer.Option(None, "--trials", help="trial budget of the study"),
              study: Optional[Path] = typer.Option(None, "--study", help="study definition (TOML)"),
              storage: Optional[str] = StorageOpt, study_name: Optional[str] = None,
@@ -297,7 +312,7 @@ def optimize(model: str = ModelOpt, nfe: Optional[int] = typer.Option(None, "--n
              workers: Optional[int] = typer.Option(None, help="Ray workers (one per GPU, else per CPU slot)"),
              ray_address: Optional[str] = typer.Option(None, help="auto | ray://host:port (default: local)")) -> None:
     """Search Skip-Tuning schedules with Optuna: proxy rungs + pruning, SQL store, validated export."""
-    from skipsearch.optimize import optimize_with_progress
+    from skipsearch.service import optimize_with_progress
     from skipsearch.studydef import default_study, load_study_file
     base = load_study_file(study) if study else default_study(model, sampler, nfe)
     overrides = dict(model=model if (study is None or model != "edm") else None, nfe=nfe, sampler=sampler,

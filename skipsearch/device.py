@@ -24,7 +24,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def configure_cpu_threads(threads: int | None = None) -> int:
-    """Torch intra-op threads = the cores this process may use (affinity-aware), unless given."""
+    """Torch intra-op threads: the argument, else ``$OMP_NUM_THREADS``, else the cores this process may use."""
+    if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = int(os.environ["OMP_NUM_THREADS"])
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, threads))
@@ -50,3 +52,11 @@ def default_batch_size(device: torch.device, img_shape: tuple[int, int, int]) ->
         # ~64 KiB of activations per input pixel-channel per image is a conservative bound for EDM UNets.
         return int(max(1, min(1024, free // (pixels * 65536))))
     return int(max(1, min(256, 200_000 // pixels)))
+
+
+def prepare_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move to ``device``; under CUDA use channels_last, which speeds up the UNets' convolutions on tensor cores."""
+    module.to(device)
+    if device.type == "cuda":
+        module.to(memory_format=torch.channels_last)
+    return module

@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from skipsearch.device import prepare_module, resolve_device
 from skipsearch.models import SkipAdapter, load_model
 from skipsearch.objective import TRIAL_FAILURES, Objective
 from skipsearch.proxy.fid_proxy import FidProxy
@@ -26,7 +27,7 @@ from skipsearch.store import BestKey, BestStore, StoreError, Validation, default
 from skipsearch.studydef import SearchConfig, StudyDefinition
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-HEARTBEAT_SECONDS = 10
+HEARTBEAT_SECONDS = int(os.environ.get("SKIPSEARCH_HEARTBEAT_SECONDS", "10"))
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -118,8 +119,15 @@ class StudySession:
         from optuna.artifacts import FileSystemArtifactStore
         folder = artifact_dir(self.storage_url)
         folder.mkdir(parents=True, exist_ok=True)
+        store = FileSystemArtifactStore(str(folder))
+        if self.space.finetune:  # S²-DM spaces: each trial fine-tunes a copy of the model (imported lazily)
+            from skipsearch.finetune import FinetuneObjective
+            self.objective = FinetuneObjective(self.adapter, self.proxy, self.space, space_name=self.definition.space,
+                                               artifact_store=store, study=self.study, search=self.definition.search,
+                                               weights_dir=folder / "s2dm" / self.study.study_name)
+            return
         self.objective = Objective(self.adapter, self.proxy, self.space, space_name=self.definition.space,
-                                   artifact_store=FileSystemArtifactStore(str(folder)))
+                                   artifact_store=store)
 
     @property
     def key(self) -> BestKey:
@@ -220,7 +228,8 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
     storage_url = storage_url or default_storage_url()
     store = BestStore(storage_url)
     if adapter is None:
-        adapter = load_model(definition.model, checkpoint=definition.checkpoint, device=device)
+        adapter = load_model(definition.model, checkpoint=definition.checkpoint)
+        prepare_module(adapter.net, resolve_device(device))
     proxy = FidProxy(adapter, sampler=definition.sampler, nfe=definition.nfe, config=definition.proxy,
                      sampler_options=definition.sampler_options)
     ctx = SpaceContext(num_skip_points=len(adapter.skip_points), level_of_point=adapter.level_of_points(),

@@ -63,6 +63,7 @@ class SearchSpace:
 
     name = ""
     description = ""
+    finetune: str | None = None  # a trial kind that also changes the weights ("s2dm": skipsearch.finetune)
 
     def __init__(self, ctx: SpaceContext, bounds: SpaceBounds = SpaceBounds(), eps: bool = False):
         self.ctx, self.bounds, self.eps = ctx, bounds, eps
@@ -198,18 +199,58 @@ class EpsScaleSpace(SearchSpace):
         return {}
 
 
+# --- S²-DM fine-tuning spaces: each trial fine-tunes a copy of the model (skipsearch.finetune.FinetuneObjective) ---
+# Ranges of the fine-tuning parameters; the baseline (tau = 1: the plain EDM loss for the same steps) is the fair one.
+S2DM_TAU = (0.97, 1.0)  # benchmarks/s2dm.py: tau <= 0.95 wrecked the bundled model; 0.99-0.995 helped
+S2DM_SKIP = (1, 3)  # in Karras steps of the study's sampler (N = its step count at the NFE)
+S2DM_LR = (1e-5, 1e-3)  # log-uniform
+S2DM_BASELINE = {"tau": 1.0, "skip": 1, "lr": 1e-4}
+
+
+class _S2DMParams:
+    """Mixin: the fine-tuning parameters (tau, skip, lr) that FinetuneObjective asks for besides the rho part."""
+
+    finetune = "s2dm"
+
+    def suggest_finetune(self, trial: Any) -> dict[str, Any]:
+        return {"tau": trial.suggest_float("tau", *S2DM_TAU), "skip": trial.suggest_int("skip", *S2DM_SKIP),
+                "lr": trial.suggest_float("lr", *S2DM_LR, log=True)}
+
+    def baseline(self, rho_bottom: float, rho_top: float = 1.0, eps_scale: float = 1.0) -> dict[str, Any]:
+        # Added after the base class's clipping of float parameters to the rho range, which must not touch lr/tau.
+        return {**super().baseline(rho_bottom, rho_top, eps_scale), **S2DM_BASELINE}  # type: ignore[misc]
+
+
+class S2DMSpace(_S2DMParams, SearchSpace):
+    name, description = "s2dm", "S²-DM fine-tuning (tau, skip, lr) of the weights at rho = 1"
+
+    def _rho(self, trial):
+        return SkipSchedule.identity(self.ctx.num_skip_points)
+
+    def _linear_params(self, rho_bottom, rho_top):
+        return {}
+
+
+class S2DMLinearSpace(_S2DMParams, LinearSpace):
+    name, description = "s2dm+linear", "S²-DM fine-tuning (tau, skip, lr) together with the linear rho pair"
+
+
 SPACES: dict[str, type[SearchSpace]] = {cls.name: cls for cls in (
-    ConstantSpace, LinearSpace, PerLevelSpace, PerLayerSpace, IntervalLinearSpace, LinearInTimeSpace, EpsScaleSpace)}
+    ConstantSpace, LinearSpace, PerLevelSpace, PerLayerSpace, IntervalLinearSpace, LinearInTimeSpace, EpsScaleSpace,
+    S2DMSpace, S2DMLinearSpace)}
 
 
 def space_names() -> list[str]:
-    return [*SPACES, *(f"{name}+eps" for name in SPACES if name != "eps-scale")]
+    # Fine-tuning spaces take no +eps variant ('s2dm+linear' is a full name, not base + suffix).
+    return [*SPACES, *(f"{name}+eps" for name, cls in SPACES.items() if name != "eps-scale" and not cls.finetune)]
 
 
 def check_space_name(name: str) -> tuple[str, bool]:
     """(base space, with eps) for a valid name, else UnknownSpaceError listing the known ones."""
+    if name in SPACES:  # full names first: 's2dm+linear' contains a '+' but is no '+eps' variant
+        return name, False
     base, _, suffix = name.partition("+")
-    if base not in SPACES or suffix not in ("", "eps"):
+    if base not in SPACES or suffix not in ("", "eps") or SPACES[base].finetune:
         raise UnknownSpaceError(f"unknown search space {name!r}; known: {', '.join(space_names())}")
     return base, suffix == "eps"
 
@@ -228,8 +269,11 @@ class Baseline:
 
 def baselines(space: SearchSpace, nfe: int) -> list[Baseline]:
     """rho = 1 (untuned) and the paper's recipe (linear rho_bottom(nfe) -> 1.0), deduplicated."""
-    out = [Baseline("untuned (rho=1)", space.baseline(1.0, 1.0))]
-    paper = Baseline(f"paper recipe (linear {paper_rho_bottom(nfe):.2f}->1.0)", space.baseline(paper_rho_bottom(nfe)))
+    # Fine-tuning spaces: the baselines fine-tune with tau = 1 (plain EDM loss), so the label says so.
+    tuned = "tau=1 fine-tune, " if space.finetune else ""
+    out = [Baseline("tau=1 fine-tune, rho=1" if space.finetune else "untuned (rho=1)", space.baseline(1.0, 1.0))]
+    paper = Baseline(f"{tuned}paper recipe (linear {paper_rho_bottom(nfe):.2f}->1.0)",
+                     space.baseline(paper_rho_bottom(nfe)))
     if paper.params != out[0].params:
         out.append(paper)
     return out

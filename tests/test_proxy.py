@@ -22,7 +22,8 @@ from skipsearch.proxy import (
     inception_hub_path, is_monotone, kid, load_npz, save_npz,
 )
 from skipsearch.proxy.disturb import STRENGTHS, swirl
-from skipsearch.proxy.extractors import MNIST_FEATURES_CARD, MNIST_FEATURES_WEIGHTS, sha256_file
+from skipsearch.models.checkpoints import file_sha256
+from skipsearch.proxy.extractors import MNIST_FEATURES_CARD, MNIST_FEATURES_WEIGHTS
 from skipsearch.proxy.stats import DATASETS
 
 
@@ -161,7 +162,7 @@ def test_inception_extractor_runs_on_cpu_with_given_weights(tmp_path, mnist_test
     _random_inception_weights(weights)
     extractor = get_extractor("inception-v3-compat", weights_path=weights)
     assert extractor.name == "inception-v3-compat" and extractor.dim == 2048
-    assert extractor.weights_sha256 == sha256_file(weights)
+    assert extractor.weights_sha256 == file_sha256(weights)
     images = mnist_test[0][:4]  # 28x28 grayscale uint8: replicated to RGB, resized to 299 inside torch-fidelity
     features = extractor(images)
     assert features.shape == (4, 2048) and features.dtype == torch.float32
@@ -208,7 +209,7 @@ def test_input_conversion_and_registry():
 
 def test_mnist_features_accuracy_card_and_sha(mnist_extractor, mnist_test):
     card = json.loads(MNIST_FEATURES_CARD.read_text())
-    assert card["sha256"] == sha256_file(MNIST_FEATURES_WEIGHTS) == mnist_extractor.weights_sha256
+    assert card["sha256"] == file_sha256(MNIST_FEATURES_WEIGHTS) == mnist_extractor.weights_sha256
     assert card["test_accuracy"] >= 0.99 and card["features"]["dim"] == mnist_extractor.dim <= 256
     images, labels = mnist_test[0][:2000], mnist_test[1][:2000]
     net = mnist_extractor.module

@@ -171,7 +171,7 @@ def test_dashboard_serves_the_study(study_run):
             except OSError:
                 time.sleep(0.5)
         assert body is not None, proc.stderr.read() if proc.poll() is not None else "dashboard did not answer"
-        names = [s["study_name"] for s in body["studies"]]
+        names = [s["study_name"] for s in body["study_summaries"]]
         assert names == optuna.get_all_study_names(url)
     finally:
         proc.terminate()

@@ -12,7 +12,6 @@ the CPU.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -26,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from skipsearch.data import to_uint8
+from skipsearch.models.checkpoints import file_sha256
 from skipsearch.proxy.stats import NonFiniteError
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -40,14 +40,6 @@ DOWNLOAD_TIMEOUT_S = 30.0
 
 class ExtractorWeightsError(RuntimeError):
     """An extractor's weights are missing or do not match their card; the message says what to put where."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def as_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -203,7 +195,7 @@ def _build_inception(*, weights_path: Path | None = None, device: str | torch.de
         except (OSError, RuntimeError) as exc:  # URLError is an OSError; a truncated file fails in torch.load
             raise ExtractorWeightsError(_missing_inception_message(f"download failed ({exc})")) from None
         weights_path = inception_hub_path()
-    return InceptionExtractor("inception-v3-compat", net, 2048, sha256_file(weights_path), weights_path, device,
+    return InceptionExtractor("inception-v3-compat", net, 2048, file_sha256(weights_path), weights_path, device,
                               batch_size=32)
 
 
@@ -318,7 +310,7 @@ def _build_mnist(*, weights_path: Path | None = None, device: str | torch.device
     if not path.is_file():
         hint = "run scripts/train_mnist_features.py" if shipped else "pass an existing file"
         raise ExtractorWeightsError(f"mnist-features weights {path} do not exist; {hint}")
-    sha = sha256_file(path)
+    sha = file_sha256(path)
     card = load_card(path)
     if shipped and card is None:
         raise ExtractorWeightsError(f"card {path.with_suffix('.json')} is missing; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -161,5 +162,7 @@ def optimize_with_progress(definition: StudyDefinition, *, storage_url: str, dev
         out.print(f"best {result.best.metric} {result.best.value:.4f} (trial {result.best.trial_number}, "
                   f"n={result.best.n}); results in {redact_url(storage_url)}")
         out.print(f"exported schedule: {result.export_path}")
+        weights = json.loads(result.best.schedule_json).get("provenance", {}).get("weights_path")
         out.print(f"use it: skipsearch sample --model {definition.model} --nfe {definition.nfe} --sampler "
-                  f"{definition.sampler} --schedule {result.export_path}")
+                  f"{definition.sampler} --schedule {result.export_path}"
+                  + (f" --checkpoint {weights}" if weights else ""))

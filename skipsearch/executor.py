@@ -1,0 +1,334 @@
+"""Trials of one study on K Ray worker actors (``skipsearch optimize --workers K``).
+
+Each actor loads the model, proxy and study once and runs one trial per call; the driver hands out calls only while
+the study-wide budget has room, watches the study in the storage for progress, and stops the workers on Ctrl-C.
+Optuna does the coordination (a shared RDB study, ``constant_liar`` TPE, pruning against all workers' rungs); Ray
+only places and restarts the workers, so Ray Tune is not used (its Optuna integration disables pruning).
+
+A worker that dies mid-trial leaves that trial RUNNING; once its heartbeat is stale it is failed and the retry
+callback enqueues its parameters once (see :func:`skipsearch.search.optuna_storage`). The driver counts such
+orphaned trials against the budget until then, so the study ends with exactly its trial count and nothing RUNNING.
+Workers the driver kills (Ctrl-C, an error) have their trials failed and queued again at once.
+
+Ray is imported only here, and only when ``--workers`` is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from skipsearch import search
+from skipsearch.search import FINISHED, StudySession, count_finished, open_session
+from skipsearch.studydef import StudyDefinition
+
+__all__ = ["WORKER_ATTR", "TrialWorker", "WorkersError", "run_on_ray"]
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0  # also bounds how long a second Ctrl-C waits: signal handlers run between ray.wait calls
+START_POLL_SECONDS = 0.05  # SQLite: how often to look whether a worker's trial has started (see _drive)
+# Per worker: Ray restarts a dead actor (the model is reloaded); its lost trial is retried via the heartbeat.
+MAX_RESTARTS = 2
+WORKER_ATTR = "worker"  # trial user attr "host:pid:suffix" of the worker process running it
+# Environment forwarded to workers on a joined cluster (heartbeat, artifacts, offline mode, weights paths); the
+# storage URL travels as an argument instead, since runtime_env variables are shown in Ray's dashboard.
+_FORWARD_PREFIX = "SKIPSEARCH_"
+_NOT_FORWARDED = ("SKIPSEARCH_STORAGE", "SKIPSEARCH_TEST_POSTGRES_URL")
+
+
+class WorkersError(RuntimeError):
+    """The Ray workers cannot run the study (cluster unreachable, every worker dead); one line, no URL secrets."""
+
+
+class _TaggedObjective:
+    """The session's objective, first recording which worker process runs the trial (tells orphans apart)."""
+
+    def __init__(self, objective: Any, tag: str) -> None:
+        self.objective, self.tag = objective, tag
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, self.tag)
+        trial.set_user_attr("worker_pid", os.getpid())
+        return self.objective(trial)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.objective, name)
+
+
+class TrialWorker:
+    """One worker (a Ray actor): the session is opened once, ``step`` runs one trial of the shared study."""
+
+    def __init__(self, definition: StudyDefinition, storage_url: str, device: str, threads: int | None = 1) -> None:
+        import torch
+        if threads:
+            torch.set_num_threads(threads)  # one CPU slot per worker: more threads would oversubscribe the node
+        # The study exists already: load_if_exists joins it; sampler and pruner are rebuilt in this process.
+        self.session = open_session(definition, storage_url=storage_url, device=device)
+        # host:pid names the process for people; the suffix keeps it unique should two nodes share a hostname.
+        self._tag = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.session.objective = _TaggedObjective(self.session.objective, self._tag)  # type: ignore[assignment]
+
+    def tag(self) -> str:
+        return self._tag
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def step(self) -> int | None:
+        """Run one trial unless the study-wide budget is spent; its number, or None when nothing ran."""
+        if self.session.remaining() <= 0:
+            return None
+        ran: list[int] = []
+        self.session.run(1, callbacks=[lambda _study, trial: ran.append(trial.number)])
+        return ran[0] if ran else None
+
+
+@dataclass
+class _Slot:
+    """The driver's view of one actor. Steps go only to an actor whose probe answered, so the owner of every
+    trial in flight is known (see :func:`_drive`)."""
+
+    actor: Any
+    probe: Any = None  # ObjectRef of actor.tag(): answers once the actor has (re)started and loaded the model
+    probe_after: float = 0.0  # a restarting actor rejects calls: the next probe waits until then
+    tag: str | None = None  # WORKER_ATTR of the actor's current process
+    call: Any = None  # ObjectRef of the step in flight
+    dead: bool = False  # init failed or restarts spent (Ray's max_restarts)
+    last_error: str = ""
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exception's own last line (Ray wraps the remote traceback around it)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _connect(ray: Any, address: str | None, workers: int, gpus: bool) -> bool:
+    """Join ``address`` ('auto', 'ray://host:port', host:port) or start a local runtime; True when we connected.
+
+    A local runtime gets a CPU slot per worker at least, and this machine's GPUs unless the driver runs on CPU
+    (``--device cpu`` on a GPU machine means CPU workers).
+    """
+    if ray.is_initialized():  # the caller (a notebook, a test) owns the runtime: use it, leave it running
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        else:
+            import torch
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private runtime reports to nobody
+            cpus = max(workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+            ray.init(num_cpus=cpus, num_gpus=torch.cuda.device_count() if gpus else 0, include_dashboard=False,
+                     logging_level=logging.ERROR, log_to_driver=False)
+    except Exception as exc:  # ConnectionError, RuntimeError, grpc errors: one line for the CLI
+        where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
+        raise WorkersError(f"cannot start or join {where}: {_first_line(exc)}") from None
+    return True
+
+
+def _worker_options(ray: Any, workers: int) -> tuple[dict[str, Any], str, int | None]:
+    """Actor resources: one GPU each when the cluster has GPUs, else one CPU slot (and one torch thread)."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARD_PREFIX) and k not in _NOT_FORWARDED}
+    options: dict[str, Any] = {"max_restarts": MAX_RESTARTS, "max_task_retries": 0}
+    if env:
+        options["runtime_env"] = {"env_vars": env}
+    if gpus:
+        if workers > gpus:
+            log.warning("%d workers but %d GPU(s) in the Ray cluster: %d worker(s) wait for a free GPU", workers,
+                        gpus, workers - gpus)
+        return {**options, "num_gpus": 1, "num_cpus": 1}, "cuda", None
+    return {**options, "num_cpus": 1}, "cpu", 1
+
+
+def run_on_ray(session: StudySession, *, workers: int, address: str | None = None,
+               on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> bool:
+    """Run the session's study to its budget on ``workers`` Ray actors; True when interrupted.
+
+    ``session.interrupted`` (set by the CLI's first Ctrl-C) stops handing out trials and lets the running ones
+    finish; a KeyboardInterrupt kills the workers at once (their trials are failed, their parameters queued again).
+    ``on_trial(study, last_finished_trial)`` is called from the driver whenever the finished count grows.
+    """
+    if workers < 1:
+        raise WorkersError(f"--workers must be at least 1, got {workers}")
+    import ray
+    connected = _connect(ray, address, workers, gpus=session.adapter.device.type == "cuda")
+    slots: list[_Slot] = []
+    lost: dict[str, float] = {}  # tags of worker processes seen dying -> when
+    try:
+        options, device, threads = _worker_options(ray, workers)
+        remote = ray.remote(TrialWorker)
+        for _ in range(workers):
+            actor = remote.options(**options).remote(session.definition, session.storage_url, device, threads)
+            slots.append(_Slot(actor))
+        return _drive(ray, session, slots, lost, on_trial)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        _kill(ray, [slot.actor for slot in slots])
+        # Their processes are gone now: fail their unfinished trials and queue the retries at once, rather than
+        # leave that to the heartbeat of the next run.
+        tags = {slot.tag for slot in slots if slot.tag} | set(lost)
+        try:
+            _fail_and_retry(session.study, [t for t in session.study.get_trials(deepcopy=False, states=(
+                TrialState.RUNNING,)) if t.user_attrs.get(WORKER_ATTR) in tags])
+        except Exception as exc:  # e.g. the database is gone too: the heartbeat does it on the next run
+            log.warning("could not fail the killed workers' trials now (%s); the next run will", _first_line(exc))
+        if connected:
+            ray.shutdown()  # stops a runtime we started; only disconnects from a cluster we joined
+
+
+def _kill(ray: Any, actors: list[Any], timeout: float = 15.0) -> None:
+    """Kill the actors (idle ones too: each holds a model, maybe a GPU) and wait until Ray reports them dead, so
+    no worker still writes to the study once the caller goes on."""
+    for actor in actors:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # already dead
+            pass
+    probes = [actor.pid.remote() for actor in actors]  # each fails with RayActorError once its actor is gone
+    deadline = time.monotonic() + timeout
+    while probes and time.monotonic() < deadline:
+        ready, probes = ray.wait(probes, num_returns=len(probes), timeout=min(1.0, deadline - time.monotonic()))
+
+
+def _drive(ray: Any, session: StudySession, slots: list[_Slot], lost: dict[str, float],
+           on_trial: Callable[[optuna.Study, FrozenTrial], None] | None) -> bool:
+    """Hand out one-trial calls within the budget until it is spent, all calls returned and no orphan is left."""
+    study = session.study
+    # Optuna's SQLite engine reads a WAITING trial and marks it RUNNING in two statements (pysqlite starts the
+    # transaction at the write), so two workers starting at once can both take the same enqueued trial, or both
+    # fail a stale one and queue two retries. On SQLite the driver therefore lets one worker start at a time: the
+    # next call goes out once the previous worker's trial is RUNNING under its name. PostgreSQL locks the row.
+    one_start = session.storage_url.startswith("sqlite")
+    reported = count_finished(study)
+    stale_checked = waiting_since = 0.0
+    warned = False
+    grace = 3 * search.HEARTBEAT_SECONDS  # as optuna_storage: a trial is stale 3 heartbeats after its last one
+    while True:
+        interrupted = bool(getattr(session, "interrupted", False))
+        for slot in slots:
+            if not slot.dead and slot.tag is None and slot.probe is None and time.monotonic() >= slot.probe_after:
+                slot.probe = slot.actor.tag.remote()
+        live = [s for s in slots if not s.dead]
+        busy = [s for s in live if s.call is not None]
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        # RUNNING trials no step in flight owns: a dead worker's (until failed), another driver's. A trial whose
+        # attr is not written yet counts for a moment: over-counting delays a call, under-counting would overrun.
+        orphans = [t for t in running if t.user_attrs.get(WORKER_ATTR) not in {s.tag for s in busy}]
+        starting = [s for s in busy if s.tag not in {t.user_attrs.get(WORKER_ATTR) for t in running}]
+        remaining = session.remaining()
+        if not interrupted:
+            free = remaining - len(busy) - len(orphans)
+            for slot in live:
+                if free <= 0 or (one_start and starting):
+                    break
+                if slot.call is None and slot.tag is not None:
+                    slot.call = slot.actor.step.remote()
+                    busy.append(slot)
+                    starting.append(slot)
+                    free -= 1
+        if not busy:
+            if interrupted or (remaining == 0 and not orphans):
+                return interrupted
+            if not live:
+                errors = "; ".join(sorted({s.last_error for s in slots if s.last_error}))
+                raise WorkersError(f"all {len(slots)} Ray workers died ({errors or 'no error reported'}); the study "
+                                   f"is saved: run the same command again to resume")
+        if orphans and not (one_start and starting) and time.monotonic() - stale_checked > POLL_SECONDS:
+            # Workers do this at each trial start too, but none may be starting while orphans hold the budget.
+            stale_checked = time.monotonic()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            # A worker killed before its trial's first heartbeat leaves a trial Optuna never sees as stale; Ray
+            # told us that process died, so after the same grace its trial is failed and retried here.
+            _fail_and_retry(study, [t for t in orphans if time.monotonic() - lost.get(
+                str(t.user_attrs.get(WORKER_ATTR)), math.inf) > grace])
+            waiting_since = waiting_since or time.monotonic()
+            if not busy and not warned and time.monotonic() - waiting_since > 3 * grace:
+                warned = True
+                log.warning("waiting for trial(s) %s, RUNNING but not on this run's workers: they count against "
+                            "the budget until they finish or their heartbeat is stale (Ctrl-C stops; the study "
+                            "is saved)", ", ".join(str(t.number) for t in orphans))
+        elif not orphans:
+            waiting_since = 0.0
+        refs = [s.call for s in busy] + [s.probe for s in live if s.probe is not None]
+        # While a start is awaited, look again soon; otherwise one ready call is enough to act on.
+        timeout = START_POLL_SECONDS if one_start and starting and len(busy) < len(live) else POLL_SECONDS
+        if refs:
+            ready = set(ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=True)[0])
+            for slot in live:
+                if slot.call is not None and slot.call in ready:
+                    _collect_step(ray, slot, lost)
+                if slot.probe is not None and slot.probe in ready:
+                    _collect_probe(ray, slot)
+        else:
+            time.sleep(timeout)
+        finished = count_finished(study)
+        if finished != reported:
+            reported = finished
+            last = _last_finished(study)
+            if on_trial is not None and last is not None:
+                on_trial(study, last)
+
+
+def _collect_probe(ray: Any, slot: _Slot) -> None:
+    probe, slot.probe = slot.probe, None
+    try:
+        slot.tag = ray.get(probe)
+    except ray.exceptions.ActorUnavailableError:  # restarting (reloading the model): ask again shortly
+        slot.probe_after = time.monotonic() + POLL_SECONDS
+    except ray.exceptions.RayActorError as exc:  # its constructor failed, or Ray has given up restarting it
+        slot.dead, slot.last_error = True, _first_line(exc)[:300]
+
+
+def _collect_step(ray: Any, slot: _Slot, lost: dict[str, float]) -> None:
+    """The result of a step: fine, a lost actor (Ray restarts it; its trial is retried), or an error (re-raised)."""
+    call, slot.call = slot.call, None
+    try:
+        ray.get(call)
+    except ray.exceptions.RayActorError as exc:
+        if slot.tag:
+            lost[slot.tag] = time.monotonic()
+        if isinstance(exc, ray.exceptions.ActorUnavailableError):  # the process died; Ray is restarting the actor
+            log.warning("Ray worker %s died during a trial; it is restarted and the trial retried", slot.tag)
+        else:  # init failed or the restarts are spent
+            slot.dead, slot.last_error = True, _first_line(exc)[:300]
+            log.warning("Ray worker %s is gone (%s)", slot.tag, slot.last_error)
+        slot.tag = None  # probed again: a restarted actor is another process
+    except ray.exceptions.RayTaskError as exc:
+        # An error outside the trial failures the objective records (a bug, a lost database): as without Ray.
+        raise (exc.cause if isinstance(exc.cause, BaseException) else exc) from None
+
+
+def _fail_and_retry(study: optuna.Study, trials: list[FrozenTrial]) -> None:
+    """What ``fail_stale_trials`` does, for trials whose worker is known dead: FAIL, then the storage's retry
+    callback (parameters enqueued once). Whoever fails a trial first runs the callback; the others skip it."""
+    callback = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    for trial in trials:
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)  # raises if it finished meanwhile
+        except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue
+        if callback is not None:
+            failed = next(t for t in study.get_trials(deepcopy=True) if t.number == trial.number)
+            callback(study, failed)
+
+
+def _last_finished(study: optuna.Study) -> FrozenTrial | None:
+    trials = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if t.datetime_complete is not None]
+    return max(trials, key=lambda t: (t.datetime_complete, t.number)) if trials else None
