@@ -25,8 +25,9 @@ from skipsearch.store import redact_url
 from skipsearch.studydef import default_study
 
 
-def measure(workers: int, trials: int, nfe: int, storage: str) -> tuple[float, float]:
-    """(trials per minute from the trial timestamps, wall seconds including the workers' start)."""
+def measure(workers: int, trials: int, nfe: int, storage: str) -> tuple[float, float, float, float]:
+    """Trials per minute from the trial timestamps, wall seconds including the workers' start, mean seconds per
+    trial, and how busy the workers were (trial time / (workers * window): below 1 is the executor's overhead)."""
     definition = default_study("edm").override(nfe=nfe, trials=trials, proxy__rungs=(64, 128),
                                                search__pruner="none", search__sampler="random",
                                                search__warm_start=False,
@@ -38,8 +39,10 @@ def measure(workers: int, trials: int, nfe: int, storage: str) -> tuple[float, f
     done = session.study.get_trials(states=FINISHED)
     first = min(t.datetime_start for t in done)
     last = max(t.datetime_complete for t in done)
+    window = (last - first).total_seconds()
+    busy = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
     session.store.close()
-    return len(done) / ((last - first).total_seconds() / 60), wall
+    return len(done) / (window / 60), wall, busy / len(done), busy / (workers * window)
 
 
 def main() -> None:
@@ -63,8 +66,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             for k in counts:
                 storage = args.storage or f"sqlite:///{folder}/k{k}.db"
-                rates[k], wall = measure(k, args.trials * k, args.nfe, storage)
-                print(f"K={k}: {rates[k]:6.2f} trials/min ({args.trials * k} trials, {wall:.0f}s wall with start)")
+                rates[k], wall, per_trial, busy = measure(k, args.trials * k, args.nfe, storage)
+                print(f"K={k}: {rates[k]:6.2f} trials/min ({args.trials * k} trials, {per_trial:.2f}s per trial, "
+                      f"workers busy {busy:.0%}, {wall:.0f}s wall with start)")
     finally:
         ray.shutdown()
     base = rates.get(1)

@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
 .venv/bin/python -m pip install --quiet -e ".[test,diffusers]" -c .ci/constraints.txt
+# PostgreSQL binaries for the distributed tests (Debian's package when missing; the tests start their own server).
+bash scripts/ci_postgres.sh
 exec .venv/bin/python -m pytest -q "$@"

@@ -29,6 +29,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from skipsearch.models.checkpoints import CheckpointError
     from skipsearch.sampling import NFEError, UnknownSamplerError
     from skipsearch.schedule import ScheduleError
+    from skipsearch.executor import WorkersError
     from skipsearch.export import ExportError
     from skipsearch.proxy.extractors import ExtractorWeightsError
     from skipsearch.proxy.fid_proxy import ProxyConfigError
@@ -39,7 +40,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (UsageError, ScheduleError, ModelError, CheckpointError, NFEError, UnknownSamplerError, DeviceError,
             DatasetError, NonFiniteOutputError, NonFiniteError, FileNotFoundError, PermissionError, ExportError,
             ExtractorWeightsError, ProxyConfigError, ReferenceStatsError, UnknownSpaceError, StoreError,
-            StudyDefinitionError)
+            StudyDefinitionError, WorkersError)
 
 
 def main() -> None:

@@ -42,8 +42,8 @@ START_POLL_SECONDS = 0.05  # SQLite: how often to look whether a worker's trial 
 # Per worker: Ray restarts a dead actor (the model is reloaded); its lost trial is retried via the heartbeat.
 MAX_RESTARTS = 2
 WORKER_ATTR = "worker"  # trial user attr "host:pid:suffix" of the worker process running it
-# Environment forwarded to workers on a joined cluster (heartbeat, artifacts, offline mode, weights paths); the
-# storage URL travels as an argument instead, since runtime_env variables are shown in Ray's dashboard.
+# The driver's settings passed on to the workers, whose nodes may not have them (heartbeat, artifacts, offline mode,
+# weights paths); the storage URL travels as an argument instead, since runtime_env variables show in Ray's dashboard.
 _FORWARD_PREFIX = "SKIPSEARCH_"
 _NOT_FORWARDED = ("SKIPSEARCH_STORAGE", "SKIPSEARCH_TEST_POSTGRES_URL")
 
@@ -124,6 +124,8 @@ def _connect(ray: Any, address: str | None, workers: int, gpus: bool) -> bool:
     if ray.is_initialized():  # the caller (a notebook, a test) owns the runtime: use it, leave it running
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
@@ -137,6 +139,25 @@ def _connect(ray: Any, address: str | None, workers: int, gpus: bool) -> bool:
         where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
         raise WorkersError(f"cannot start or join {where}: {_first_line(exc)}") from None
     return True
+
+
+def _check_reachable(address: str, attempts: int = 3, backoff: float = 1.0) -> None:
+    """Fail fast, in one line, on a head node that does not answer: Ray itself retries for minutes."""
+    if address == "auto":  # Ray reads the address of the cluster on this machine, or says there is none
+        return
+    hostport = address.removeprefix("ray://").rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise WorkersError(f"Ray address {address!r} is not 'auto', 'host:port' or 'ray://host:port'")
+    for attempt in range(attempts):
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+                return
+        except OSError as exc:
+            if attempt + 1 == attempts:
+                raise WorkersError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; start it with "
+                                   f"'ray start --head' or check --ray-address") from None
+            time.sleep(backoff * 2**attempt)
 
 
 def _worker_options(ray: Any, workers: int) -> tuple[dict[str, Any], str, int | None]:

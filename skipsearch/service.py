@@ -110,6 +110,7 @@ def optimize_with_progress(definition: StudyDefinition, *, storage_url: str, dev
 
     def on_session(session: StudySession) -> None:
         state["session"] = session
+        state["t0"], state["done0"] = time.perf_counter(), count_finished(session.study)
         out.print(f"study [bold]{session.study.study_name}[/bold] in {redact_url(storage_url)} "
                   f"({count_finished(session.study)}/{definition.trials} trials done, space {definition.space}, "
                   f"{definition.sampler} NFE {definition.nfe}, proxy {definition.proxy.metric} on "
@@ -122,8 +123,10 @@ def optimize_with_progress(definition: StudyDefinition, *, storage_url: str, dev
         counts = trial_counts(study)
         values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
         best = f"best {min(values):.4f}" if values else "best -"
+        rate = (counts["finished"] - state["done0"]) / max(1e-9, (time.perf_counter() - state["t0"]) / 60)
         progress.update(state["task"], completed=counts["finished"],
-                        info=f"{best}  pruned {counts['pruned']}  failed {counts['failed']}")
+                        info=f"{best}  pruned {counts['pruned']}  failed {counts['failed']}  running "
+                             f"{counts['running']}  {rate:.1f}/min")
 
     def on_sigint(_signum, _frame) -> None:
         state["stops"] += 1

@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from pg import pg_server, pg_url  # noqa: F401 - fixtures
+from skipsearch.search import count_finished
 from skipsearch.store import BestKey, BestStore, Validation
 
 TINY = ["--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "1", "--device", "cpu"]
@@ -49,11 +50,6 @@ def _study(url: str | optuna.storages.BaseStorage) -> optuna.Study:
     return optuna.load_study(study_name=names[0], storage=url)
 
 
-def _finished_count(study: optuna.Study) -> int:
-    from skipsearch.search import count_finished
-    return count_finished(study)
-
-
 def _assert_best_row(url: str, study: optuna.Study, export: Path | None = None) -> None:
     with BestStore(url) as store:
         rows = store.best("edm")
@@ -71,7 +67,7 @@ def _assert_best_row(url: str, study: optuna.Study, export: Path | None = None) 
 def _assert_complete(study: optuna.Study, trials: int) -> None:
     states = [t.state for t in study.get_trials()]
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states, states
-    assert _finished_count(study) == trials
+    assert count_finished(study) == trials
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -223,7 +219,7 @@ def test_ctrl_c_kills_workers_and_the_study_resumes(ray_runtime: None, tmp_path:
     pids = {t.user_attrs["worker_pid"] for t in first if "worker_pid" in t.user_attrs}
     # The workers were killed, not left running (a killed process may take a moment to be reaped).
     assert pids and _wait(lambda: not any(_alive(pid) for pid in pids), 15)
-    assert 1 <= _finished_count(session.study) < 6
+    assert 1 <= count_finished(session.study) < 6
     # The killed workers' trials are failed at once, each with its retry queued.
     now = session.study.get_trials()
     assert not [t for t in now if t.state == TrialState.RUNNING]
@@ -234,9 +230,9 @@ def test_ctrl_c_kills_workers_and_the_study_resumes(ray_runtime: None, tmp_path:
         session.interrupted = True  # what the CLI's SIGINT handler sets on a first Ctrl-C
 
     assert run_on_ray(session, workers=2, on_trial=first_ctrl_c) is True
-    # Graceful: the trials in flight finished; the killed run's trials were failed as stale meanwhile.
+    # Graceful: the trials in flight were let finish.
     assert not session.study.get_trials(states=(TrialState.RUNNING,))
-    assert _finished_count(session.study) < 6
+    assert count_finished(session.study) < 6
     session.interrupted = False
     seen: list[int] = []
     assert run_on_ray(session, workers=2, on_trial=lambda _s, t: seen.append(t.number)) is False
@@ -253,6 +249,23 @@ def test_ray_is_not_imported_without_workers() -> None:
             "assert 'ray' not in sys.modules, 'ray imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_unreachable_ray_cluster_is_a_one_line_error() -> None:
+    # A fresh process: this one may hold a Ray runtime already, which run_on_ray would simply use.
+    code = ("import ray; from skipsearch.executor import WorkersError, _connect\n"
+            "for address in ('127.0.0.1:1', 'ray://127.0.0.1:1', 'nonsense'):\n"
+            "    try:\n"
+            "        _connect(ray, address, 2, gpus=False)\n"
+            "    except WorkersError as exc:\n"
+            "        print(exc)\n"
+            "    assert not ray.is_initialized()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3, proc.stdout
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in lines[0] and "ray://127.0.0.1:1" in lines[1]
+    assert "'nonsense'" in lines[2]
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -391,9 +391,16 @@ def test_exported_schedule_samples_with_its_checkpoint(s2dm_run, tmp_path):
                "-o", tmp_path / "grid.png"], home)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (tmp_path / "grid.png").is_file()
-    # Without the fine-tuned checkpoint the schedule refuses the base weights (its sha256 names the fine-tuned ones).
-    refused = _cli(["sample", "--schedule", export, "--nfe", "5", "--n", "2", "--device", "cpu", "-o",
-                    tmp_path / "no.png"], home)
+    # Without --checkpoint, sample loads the weights the schedule names (provenance.weights_path) ...
+    auto = _cli(["sample", "--schedule", export, "--nfe", "5", "--n", "2", "--device", "cpu", "-o",
+                 tmp_path / "auto.png"], home)
+    assert auto.returncode == 0, auto.stderr[-2000:]
+    # ... and when that file is gone the schedule refuses the base weights (its sha256 names the fine-tuned ones).
+    moved = json.loads(export.read_text())
+    moved["provenance"]["weights_path"] = str(tmp_path / "gone.safetensors")
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    refused = _cli(["sample", "--schedule", tmp_path / "moved.json", "--nfe", "5", "--n", "2", "--device", "cpu",
+                    "-o", tmp_path / "no.png"], home)
     assert refused.returncode != 0 and "sha256" in refused.stderr and "Traceback" not in refused.stderr
 
 
