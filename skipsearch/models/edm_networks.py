@@ -211,6 +211,21 @@ def _run_decoder(dec: nn.ModuleDict, x: torch.Tensor, emb: torch.Tensor, skips: 
     return x
 
 
+def _add_decoder_level(dec: nn.ModuleDict, res: int, bottom: bool, cout: int, width: int, skips: list[int],
+                       num_blocks: int, attend, block_kwargs: dict) -> int:
+    """One decoder level: ``in0``/``in1`` at the bottom (else ``up``), then ``num_blocks + 1`` blocks that each take
+    one skip (popped LIFO from the encoder's output widths). Returns the level's output width."""
+    if bottom:
+        dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block_kwargs)
+        dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block_kwargs)
+    else:
+        dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block_kwargs)
+    for idx in range(num_blocks + 1):
+        cin, cout = cout + skips.pop(), width
+        dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attend(idx), **block_kwargs)
+    return cout
+
+
 class SongUNet(nn.Module):
     """DDPM++ (``encoder_type='standard'``) / NCSN++ (``'residual'``, Fourier embedding) UNet."""
 
@@ -268,15 +283,10 @@ class SongUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block_kwargs)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block_kwargs)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block_kwargs)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                attn = idx == num_blocks and res in attn_resolutions
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **block_kwargs)
+            # DDPM++ attends only in the last block of a level.
+            cout = _add_decoder_level(self.dec, res, level == len(channel_mult) - 1, cout, model_channels * mult,
+                                      skips, num_blocks, lambda idx: idx == num_blocks and res in attn_resolutions,
+                                      block_kwargs)
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
                     self.dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, 0, up=True,
@@ -367,15 +377,9 @@ class DhariwalUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block_kwargs)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block_kwargs)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block_kwargs)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions,
-                                                                **block_kwargs)
+            # ADM attends in every block of an attention resolution.
+            cout = _add_decoder_level(self.dec, res, level == len(channel_mult) - 1, cout, model_channels * mult,
+                                      skips, num_blocks, lambda idx: res in attn_resolutions, block_kwargs)
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, 3, **init_zero)
 
