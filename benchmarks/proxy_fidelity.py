@@ -89,11 +89,9 @@ def main() -> None:
 
     table = schedules(len(model.skip_points), model.sigma_min, model.sigma_max)
     names = list(table)
-    t0 = time.perf_counter()
     reference = {}
     for name in names:
         reference[name] = fid_of(features(name, table[name], REF_SEED_OFFSET, args.n_ref))
-    ref_seconds = time.perf_counter() - t0
     print(f"bundled model, {args.sampler} NFE {args.nfe}, {len(names)} schedules, reference FID at n={args.n_ref} "
           f"(seeds {REF_SEED_OFFSET}+), mnist-features, {torch.get_num_threads()} threads")
     for name in names:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from pg import pg_server, pg_url  # noqa: F401 - fixtures
 from skipsearch.search import count_finished
-from skipsearch.store import BestKey, BestStore, Validation
+from skipsearch.store import BestKey, BestStore
 
 TINY = ["--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "1", "--device", "cpu"]
 pytestmark = pytest.mark.timeout(600)

@@ -44,19 +44,17 @@ def model_names() -> list[str]:
 
 def load_network_file(path: str | os.PathLike, *, trust_pickle: bool = False):
     """An EDM network from a ``.safetensors`` file (ours) or an official ``.pkl`` (needs ``trust_pickle``)."""
-    from skipsearch.models.checkpoints import CheckpointError, load_edm_pickle, load_network
+    from skipsearch.models.checkpoints import CheckpointError, load_checkpoint
     path = Path(path)
     if not path.exists():
         raise ModelError(f"checkpoint not found: {path}")
+    if path.suffix not in (".pkl", ".safetensors"):
+        raise ModelError(f"unsupported checkpoint type {path.suffix!r} ({path}); use an EDM .pkl or a skipsearch "
+                         ".safetensors file")
     try:
-        if path.suffix == ".pkl":
-            return load_edm_pickle(path, trust=trust_pickle)
-        if path.suffix == ".safetensors":
-            return load_network(path)[0]
+        return load_checkpoint(path, trust_pickle=trust_pickle)
     except CheckpointError as exc:
         raise ModelError(str(exc)) from None
-    raise ModelError(f"unsupported checkpoint type {path.suffix!r} ({path}); use an EDM .pkl or a skipsearch "
-                     ".safetensors file")
 
 
 def load_model(name: str = "edm", *, checkpoint: str | os.PathLike | None = None, trust_pickle: bool = False,
