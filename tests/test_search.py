@@ -28,7 +28,8 @@ def study_run(tmp_path_factory):
     url = f"sqlite:///{home}/skipsearch.db"
     export = home / "best.json"
     code = subprocess.run([sys.executable, "-m", "skipsearch.cli", "optimize", "--model", "edm", *TINY,
-                           "--trials", "5", "--pruner", "aggressive", "--storage", url, "--export", str(export)],
+                           "--trials", "5", "--space", "linear", "--pruner", "aggressive", "--storage", url,
+                           "--export", str(export)],
                           capture_output=True, text=True, env={**os.environ, "SKIPSEARCH_HOME": str(home)},
                           timeout=900)
     return home, url, export, code
