@@ -57,7 +57,7 @@ def generate(adapter: SkipAdapter, *, sampler: str, nfe: int, seeds: Sequence[in
                           if adapter.label_dim else None)
                 result = sample(lambda x, sigma: adapter.denoise(x, sigma, labels), latents, sampler=sampler,
                                 nfe=nfe, sigma_min=adapter.sigma_min, sigma_max=adapter.sigma_max,
-                                round_sigma=adapter.round_sigma if hasattr(adapter.net, "round_sigma") else None,
+                                round_sigma=adapter.round_sigma,  # identity unless the model has a sigma grid
                                 noise=noise, churn=churn, **sampler_options)
                 if not torch.isfinite(result.x).all():
                     bad = [s for s, ok in zip(batch_seeds, torch.isfinite(result.x).flatten(1).all(1)) if not ok]

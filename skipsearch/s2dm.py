@@ -3,7 +3,7 @@
     L = tau * L0 + (1 - tau) * L_skip,   L_skip = || eps' - c * eps_theta(x_t, t) ||^2,   c^2 = (1 - a_skip) / a_skip
 
 per sample; a sample whose skip target lies below the schedule start (DDPM: t < skip; EDM: sigma_s <= sigma_min)
-gets L0 alone with weight 1. See ``/work/shared/docs/s2dm-spec.md`` for sources and derivations.
+gets L0 alone with weight 1. See ``../shared/docs/s2dm-spec.md`` (beside the checkout) for sources and derivations.
 
 Reading chosen: **eps' is a fresh draw, independent of the eps that made x_t** (the authors' code,
 ``e2 = torch.randn_like(x0)``), not the same eps (a reading of the paper's Eq. 13). Why:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cli_helpers import assert_one_line_error, run_cli
@@ -60,3 +61,9 @@ def test_evaluate_command(capsys):
     assert result.code == 0, result.err
     assert "FID" in result.out and "KID" in result.out and "n=24" in result.out and "mnist-features" in result.out
     assert_one_line_error(run_cli(capsys, "evaluate", "--metric", "is", "--n", "4"), "is")
+
+
+def test_fid_infinity_option(bundled):
+    proxy = FidProxy(bundled, sampler="heun", nfe=5, config=ProxyConfig(rungs=(64,), metric="fid-inf"))
+    result = proxy.evaluate(None)
+    assert result.metric == "fid-inf" and np.isfinite(result.value)

@@ -21,13 +21,13 @@ import torch
 from skipsearch.generate import generate
 from skipsearch.models.adapter import SkipAdapter
 from skipsearch.proxy.extractors import FeatureExtractor, get_extractor
-from skipsearch.proxy.metrics import fid_result, kid
+from skipsearch.proxy.metrics import fid_infinity, fid_result, kid
 from skipsearch.proxy.stats import (
     DATASETS, FeatureStats, NonFiniteError, StatsAccumulator, cache_dir, compute_reference_stats, load_npz,
 )
 from skipsearch.schedule import SkipSchedule
 
-METRICS = ("fid", "kid")
+METRICS = ("fid", "kid", "fid-inf")  # fid-inf: Chong & Forsyth extrapolation to n -> infinity
 
 
 class ProxyConfigError(ValueError):
@@ -159,7 +159,7 @@ class FidProxy:
             if not torch.isfinite(features).all():
                 raise NonFiniteError(f"non-finite features at rung {index} (n={n})")
             accumulator.update(features)
-            if self.config.metric == "kid":
+            if self.config.metric != "fid":  # KID and FID-infinity need the features, not only their moments
                 all_features.append(features.double().cpu().numpy())
             feature_s += time.perf_counter() - t0
             done = n
@@ -177,6 +177,12 @@ class FidProxy:
                 warnings.simplefilter("ignore")  # rank deficiency is returned as a flag, not printed every rung
                 result = fid_result(accumulator.stats(), self.ref_stats)
             return result.fid, result.rank_deficient
+        if self.config.metric == "fid-inf":
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = fid_infinity(np.concatenate(all_features), self.ref_stats)
+            return result.fid_inf, result.rank_deficient
         if self._ref_features is None:
             if self.config.ref_path is not None:
                 raise ProxyConfigError("KID needs reference features; an .npz of mu/sigma only supports --metric fid")
