@@ -72,14 +72,12 @@ def _progress() -> Progress:
 
 
 def _load(model: str, checkpoint: Optional[Path], trust_pickle: bool, device: str):
-    from skipsearch.device import configure_cpu_threads, prepare_module, resolve_device
+    from skipsearch.device import configure_cpu_threads, resolve_device
     from skipsearch.models import load_model
     dev = resolve_device(device)
     if dev.type == "cpu":
         configure_cpu_threads()
-    adapter = load_model(model, checkpoint=checkpoint, trust_pickle=trust_pickle)
-    prepare_module(adapter.net, dev)
-    return adapter
+    return load_model(model, checkpoint=checkpoint, trust_pickle=trust_pickle, device=str(dev))
 
 
 def parse_rho(text: str, num_skip_points: int):

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from skipsearch.device import prepare_module, resolve_device
+from skipsearch.device import resolve_device
 from skipsearch.models import SkipAdapter, load_model
 from skipsearch.objective import TRIAL_FAILURES, Objective
 from skipsearch.proxy.fid_proxy import FidProxy
@@ -228,8 +228,7 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
     storage_url = storage_url or default_storage_url()
     store = BestStore(storage_url)
     if adapter is None:
-        adapter = load_model(definition.model, checkpoint=definition.checkpoint)
-        prepare_module(adapter.net, resolve_device(device))
+        adapter = load_model(definition.model, checkpoint=definition.checkpoint, device=str(resolve_device(device)))
     proxy = FidProxy(adapter, sampler=definition.sampler, nfe=definition.nfe, config=definition.proxy,
                      sampler_options=definition.sampler_options)
     ctx = SpaceContext(num_skip_points=len(adapter.skip_points), level_of_point=adapter.level_of_points(),

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from skipsearch.models.adapter import AppliedSchedule, SkipAdapter
 from skipsearch.models.edm import EDMAdapter
 
@@ -74,7 +76,9 @@ def load_model(name: str = "edm", *, checkpoint: str | os.PathLike | None = None
                          "(run 'skipsearch models' to list them)")
     net = load_network_file(path, trust_pickle=trust_pickle)
     adapter = EDMAdapter(net, name, weights_sha256=file_sha256(path))
-    return adapter.to(device)
+    from skipsearch.device import prepare_module
+    prepare_module(adapter.net, torch.device(device))
+    return adapter
 
 
 def apply(model, schedule, *, check_identity: bool = True) -> AppliedSchedule:
