@@ -12,8 +12,8 @@ import optuna
 import torch
 
 from skipsearch.proxy.fid_proxy import ProxyConfig
-from skipsearch.search import open_session
-from skipsearch.studydef import SearchConfig, StudyDefinition
+from skipsearch.search.definition import SearchConfig, StudyDefinition
+from skipsearch.search.session import open_session
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from skipsearch.generate import generate
 from skipsearch.models import load_model
 from skipsearch.proxy.extractors import get_extractor
 from skipsearch.proxy.fid_proxy import reference_features
 from skipsearch.proxy.metrics import fid_result, kid
 from skipsearch.proxy.stats import FeatureStats, compute_reference_stats
-from skipsearch.schedule import SkipSchedule
+from skipsearch.sampling.generate import generate
+from skipsearch.schedule.core import SkipSchedule
 
 REF_SEED_OFFSET = 5_000_000
 

@@ -18,12 +18,12 @@ import time
 
 import torch
 
-from skipsearch.finetune import FinetuneBudget, finetune_network, training_images
 from skipsearch.models import load_model
 from skipsearch.models.edm import EDMAdapter
 from skipsearch.proxy.fid_proxy import FidProxy, ProxyConfig
-from skipsearch.s2dm import karras_skip_sigma
-from skipsearch.sampling import steps_for_nfe
+from skipsearch.sampling.samplers import steps_for_nfe
+from skipsearch.search.finetune import FinetuneBudget, finetune_network, training_images
+from skipsearch.training.s2dm import karras_skip_sigma
 
 
 def floats(text: str) -> list[float]:

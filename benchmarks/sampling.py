@@ -9,9 +9,9 @@ import argparse
 
 import torch
 
-from skipsearch.generate import generate
 from skipsearch.models import load_model
-from skipsearch.sampling import SAMPLERS, steps_for_nfe
+from skipsearch.sampling.generate import generate
+from skipsearch.sampling.samplers import SAMPLERS, steps_for_nfe
 
 
 def main() -> None:

@@ -19,12 +19,12 @@ import optuna
 import torch
 
 from skipsearch.models import load_model
-from skipsearch.objective import Objective
 from skipsearch.proxy.fid_proxy import FidProxy, ProxyConfig
-from skipsearch.schedule import SkipSchedule
-from skipsearch.search import make_pruner
-from skipsearch.spaces import SearchSpace, SpaceContext
-from skipsearch.studydef import SearchConfig
+from skipsearch.schedule.core import SkipSchedule
+from skipsearch.search.definition import SearchConfig
+from skipsearch.search.objective import Objective
+from skipsearch.search.session import make_pruner
+from skipsearch.search.spaces import SearchSpace, SpaceContext
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

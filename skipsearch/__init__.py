@@ -5,12 +5,12 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from skipsearch.models import adapt, apply, load_model
-from skipsearch.schedule import SkipSchedule
+from skipsearch.schedule.core import SkipSchedule
 
 
 def optimize(*args, **kwargs):
     """Run a study like ``skipsearch optimize`` (see :func:`skipsearch.service.optimize`)."""
-    from skipsearch.service import optimize as run
+    from skipsearch.execution.local import optimize as run
     return run(*args, **kwargs)
 
 

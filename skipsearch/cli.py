@@ -24,19 +24,19 @@ class UsageError(ValueError):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from skipsearch.data import DatasetError
     from skipsearch.device import DeviceError
-    from skipsearch.generate import NonFiniteOutputError
+    from skipsearch.execution.ray import WorkersError
+    from skipsearch.export.schedule import ExportError
     from skipsearch.models import ModelError
     from skipsearch.models.checkpoints import CheckpointError
-    from skipsearch.sampling import NFEError, UnknownSamplerError
-    from skipsearch.schedule import ScheduleError
-    from skipsearch.executor import WorkersError
-    from skipsearch.export import ExportError
     from skipsearch.proxy.extractors import ExtractorWeightsError
     from skipsearch.proxy.fid_proxy import ProxyConfigError
     from skipsearch.proxy.stats import NonFiniteError, ReferenceStatsError
-    from skipsearch.spaces import UnknownSpaceError
-    from skipsearch.store import StoreError
-    from skipsearch.studydef import StudyDefinitionError
+    from skipsearch.sampling.generate import NonFiniteOutputError
+    from skipsearch.sampling.samplers import NFEError, UnknownSamplerError
+    from skipsearch.schedule.core import ScheduleError
+    from skipsearch.search.definition import StudyDefinitionError
+    from skipsearch.search.spaces import UnknownSpaceError
+    from skipsearch.store.best import StoreError
     return (UsageError, ScheduleError, ModelError, CheckpointError, NFEError, UnknownSamplerError, DeviceError,
             DatasetError, NonFiniteOutputError, NonFiniteError, FileNotFoundError, PermissionError, ExportError,
             ExtractorWeightsError, ProxyConfigError, ReferenceStatsError, UnknownSpaceError, StoreError,
@@ -82,7 +82,7 @@ def _load(model: str, checkpoint: Optional[Path], trust_pickle: bool, device: st
 
 def parse_rho(text: str, num_skip_points: int):
     """``0.7`` -> constant; ``0.68:1.0`` -> linear bottom->top (the paper's notation 0.68 -> 1.0)."""
-    from skipsearch.schedule import SkipSchedule
+    from skipsearch.schedule.core import SkipSchedule
     try:
         parts = [float(p) for p in text.split(":")]
     except ValueError:
@@ -105,7 +105,7 @@ def _weights_of(schedule: Path) -> Optional[Path]:
 
 
 def resolve_schedule(adapter, schedule: Optional[Path], rho: Optional[str]):
-    from skipsearch.schedule import SkipSchedule
+    from skipsearch.schedule.core import SkipSchedule
     if schedule is not None and rho is not None:
         raise UsageError("give either --schedule or --rho, not both")
     if schedule is not None:
@@ -175,9 +175,9 @@ def sample(model: str = ModelOpt, nfe: int = typer.Option(35, "--nfe", help="den
            batch_size: Optional[int] = typer.Option(None, help="images per batch (default: fill memory)"),
            scale: int = typer.Option(1, help="upscale the PNG by this factor (nearest)")) -> None:
     """Sample images with an exact NFE, optionally with a Skip-Tuning schedule."""
-    from skipsearch.generate import generate
-    from skipsearch.images import save_grid, save_npz
-    from skipsearch.sampling import steps_for_nfe
+    from skipsearch.export.images import save_grid, save_npz
+    from skipsearch.sampling.generate import generate
+    from skipsearch.sampling.samplers import steps_for_nfe
     if n <= 0:
         raise UsageError(f"--n must be positive, got {n}")
     steps_for_nfe(sampler, nfe)  # fail on a bad NFE before loading anything
@@ -204,8 +204,8 @@ def train(output: Path = typer.Option(Path("runs/edm-mnist"), "-o", "--output", 
           seed: int = 0, device: str = DeviceOpt, threads: Optional[int] = None,
           data: Optional[Path] = typer.Option(None, help="folder containing MNIST/raw (default: auto)")) -> None:
     """Train the bundled-model architecture on MNIST (EDM loss, EMA) and write safetensors + model card."""
-    from skipsearch.bundled import train_bundled_model
     from skipsearch.device import configure_cpu_threads, resolve_device
+    from skipsearch.models.bundled import train_bundled_model
     dev = resolve_device(device)
     if dev.type == "cpu":
         configure_cpu_threads(threads)
@@ -236,7 +236,7 @@ def evaluate(model: str = ModelOpt, nfe: int = typer.Option(9, "--nfe"), sampler
              batch_size: Optional[int] = None) -> None:
     """Proxy metric(s) of one schedule at n images, with the seeds and extractor used."""
     from skipsearch.proxy.fid_proxy import FidProxy, default_proxy_config
-    from skipsearch.sampling import steps_for_nfe
+    from skipsearch.sampling.samplers import steps_for_nfe
     steps_for_nfe(sampler, nfe)
     adapter = _load(model, checkpoint, trust_pickle, device)
     tuned = resolve_schedule(adapter, schedule, rho)
@@ -287,7 +287,7 @@ StorageOpt = typer.Option(None, "--storage", help="database URL (default: $SKIPS
 
 
 def _storage(url: Optional[str]) -> str:
-    from skipsearch.store import default_storage_url
+    from skipsearch.store.best import default_storage_url
     return url or default_storage_url()
 
 
@@ -312,8 +312,8 @@ def optimize(model: str = ModelOpt, nfe: Optional[int] = typer.Option(None, "--n
              workers: Optional[int] = typer.Option(None, help="Ray workers (one per GPU, else per CPU slot)"),
              ray_address: Optional[str] = typer.Option(None, help="auto | ray://host:port (default: local)")) -> None:
     """Search Skip-Tuning schedules with Optuna: proxy rungs + pruning, SQL store, validated export."""
-    from skipsearch.service import optimize_with_progress
-    from skipsearch.studydef import default_study, load_study_file
+    from skipsearch.execution.local import optimize_with_progress
+    from skipsearch.search.definition import default_study, load_study_file
     base = load_study_file(study) if study else default_study(model, sampler, nfe)
     overrides = dict(model=model if (study is None or model != "edm") else None, nfe=nfe, sampler=sampler,
                      space=space, trials=trials, name=study_name,
@@ -323,7 +323,7 @@ def optimize(model: str = ModelOpt, nfe: Optional[int] = typer.Option(None, "--n
                      space_bounds__rho_max=rho_max, proxy__metric=metric,
                      proxy__rungs=tuple(int(r) for r in rungs.split(",")) if rungs else None)
     definition = base.override(**overrides)
-    from skipsearch.studydef import validate
+    from skipsearch.search.definition import validate
     validate(definition)
     optimize_with_progress(definition, storage_url=_storage(storage), device=device, export=export,
                            workers=workers, ray_address=ray_address, console=console, out=out)
@@ -333,7 +333,7 @@ def optimize(model: str = ModelOpt, nfe: Optional[int] = typer.Option(None, "--n
 def best(model: Optional[str] = typer.Option(None, "--model", "-m"), sampler: Optional[str] = None,
          nfe: Optional[int] = typer.Option(None, "--nfe"), storage: Optional[str] = StorageOpt) -> None:
     """The validated best schedule per model, sampler and NFE."""
-    from skipsearch.store import BestStore, redact_url
+    from skipsearch.store.best import BestStore, redact_url
     url = _storage(storage)
     with BestStore(url) as store:
         rows = store.best(model, sampler, nfe)
@@ -353,8 +353,8 @@ def export_cmd(output: Path = typer.Option(Path("schedule.json"), "-o", "--outpu
                sampler: Optional[str] = None, nfe: Optional[int] = typer.Option(None, "--nfe"),
                storage: Optional[str] = StorageOpt) -> None:
     """Write the validated best schedule as JSON (for 'sample --schedule' and skipsearch.apply)."""
-    from skipsearch.export import export_best
-    from skipsearch.store import BestStore
+    from skipsearch.export.schedule import export_best
+    from skipsearch.store.best import BestStore
     with BestStore(_storage(storage)) as store:
         path, row = export_best(store, output, model=model, sampler=sampler, nfe=nfe)
     out.print(f"wrote {path}: {row.model_name} {row.sampler} NFE {row.nfe}, {row.metric} {row.value:.4f} "
@@ -366,8 +366,8 @@ def studies(storage: Optional[str] = StorageOpt) -> None:
     """Studies in the storage with trial counts and best values."""
     import optuna
 
-    from skipsearch.search import optuna_storage
-    from skipsearch.store import BestStore
+    from skipsearch.search.session import optuna_storage
+    from skipsearch.store.best import BestStore
     url = _storage(storage)
     BestStore(url).close()  # checks connectivity with a one-line error
     table = Table(title="studies")
@@ -390,9 +390,9 @@ def report(study_name: str = typer.Argument(..., help="study name (see 'skipsear
     """Trials table (CSV, Markdown) and FID-vs-rho / FID-vs-NFE plots."""
     import optuna
 
-    from skipsearch.report import write_report
-    from skipsearch.search import optuna_storage
-    from skipsearch.store import BestStore
+    from skipsearch.export.report import write_report
+    from skipsearch.search.session import optuna_storage
+    from skipsearch.store.best import BestStore
     url = _storage(storage)
     with BestStore(url) as store:
         try:
@@ -406,8 +406,8 @@ def report(study_name: str = typer.Argument(..., help="study name (see 'skipsear
 @app.command()
 def dashboard(storage: Optional[str] = StorageOpt, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Start optuna-dashboard on the same storage (trial sample grids included)."""
-    from skipsearch.dashboard import serve
-    from skipsearch.store import BestStore, redact_url
+    from skipsearch.export.dashboard import serve
+    from skipsearch.store.best import BestStore, redact_url
     url = _storage(storage)
     BestStore(url).close()
     out.print(f"optuna-dashboard for {redact_url(url)} at http://{host}:{port}/ (Ctrl-C to stop)")

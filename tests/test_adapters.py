@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 import skipsearch.models
-from skipsearch.hooks import SkipPoint, install_observers
 from skipsearch.models.generic import GenericAdapter
+from skipsearch.models.hooks import SkipPoint, install_observers
 from skipsearch.models.parametrization import DataParametrization, EpsilonParametrization
-from skipsearch.schedule import SkipSchedule
+from skipsearch.schedule.core import SkipSchedule
 
 diffusers = pytest.importorskip("diffusers")
 from skipsearch.models.diffusers_adapter import DiffusersAdapter, _require_diffusers  # noqa: E402

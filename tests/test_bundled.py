@@ -6,9 +6,9 @@ import json
 
 import torch
 
-from skipsearch.bundled import BUNDLED_CARD, BUNDLED_WEIGHTS
-from skipsearch.generate import generate
+from skipsearch.models.bundled import BUNDLED_CARD, BUNDLED_WEIGHTS
 from skipsearch.models.checkpoints import file_sha256
+from skipsearch.sampling.generate import generate
 
 
 def test_card_matches_weights(bundled):
@@ -33,6 +33,7 @@ def test_sixteen_samples_at_nfe9(bundled):
 def test_train_command_writes_weights_and_card(tmp_path, capsys):
     """The bundled model's own training code, for a few steps: EMA weights + a card the loader accepts."""
     from cli_helpers import run_cli
+
     from skipsearch.models import load_model
     result = run_cli(capsys, "train", "-o", tmp_path, "--steps", "3", "--batch-size", "8", "--device", "cpu")
     assert result.code == 0, result.err

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from cli_helpers import assert_one_line_error, run_cli
 from PIL import Image
 
-from cli_helpers import assert_one_line_error, run_cli
-from skipsearch.schedule import SkipSchedule
+from skipsearch.schedule.core import SkipSchedule
 
 
 def test_models_lists_presets(capsys):

@@ -18,12 +18,12 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from pg import pg_server, pg_url  # noqa: F401 - fixtures
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from pg import pg_server, pg_url  # noqa: F401 - fixtures
-from skipsearch.search import count_finished
-from skipsearch.store import BestKey, BestStore
+from skipsearch.search.session import count_finished
+from skipsearch.store.best import BestKey, BestStore
 
 TINY = ["--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "1", "--device", "cpu"]
 pytestmark = pytest.mark.timeout(600)
@@ -196,13 +196,13 @@ def test_ctrl_c_kills_workers_and_the_study_resumes(ray_runtime: None, tmp_path:
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    import skipsearch.search
-    from skipsearch.executor import run_on_ray
-    from skipsearch.search import open_session
-    from skipsearch.studydef import default_study
+    import skipsearch.search.session
+    from skipsearch.execution.ray import run_on_ray
+    from skipsearch.search.definition import default_study
+    from skipsearch.search.session import open_session
 
     # The heartbeat of this process's storage (it fails stale trials) and of the workers (the env is forwarded).
-    monkeypatch.setattr(skipsearch.search, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(skipsearch.search.session, "HEARTBEAT_SECONDS", 1)
     monkeypatch.setenv("SKIPSEARCH_HEARTBEAT_SECONDS", "1")
     monkeypatch.setenv("SKIPSEARCH_HOME", str(tmp_path))
     definition = default_study("edm").override(nfe=5, trials=6, proxy__rungs=(24, 48), search__final_n=48,
@@ -245,7 +245,7 @@ def test_ctrl_c_kills_workers_and_the_study_resumes(ray_runtime: None, tmp_path:
 
 
 def test_ray_is_not_imported_without_workers() -> None:
-    code = ("import sys, skipsearch.service, skipsearch.executor, skipsearch.cli; "
+    code = ("import sys, skipsearch.execution.local, skipsearch.execution.ray, skipsearch.cli; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -253,7 +253,7 @@ def test_ray_is_not_imported_without_workers() -> None:
 
 def test_unreachable_ray_cluster_is_a_one_line_error() -> None:
     # A fresh process: this one may hold a Ray runtime already, which run_on_ray would simply use.
-    code = ("import ray; from skipsearch.executor import WorkersError, _connect\n"
+    code = ("import ray; from skipsearch.execution.ray import WorkersError, _connect\n"
             "for address in ('127.0.0.1:1', 'ray://127.0.0.1:1', 'nonsense'):\n"
             "    try:\n"
             "        _connect(ray, address, 2, gpus=False)\n"
@@ -279,7 +279,7 @@ import random, sys, threading, types
 pkg = types.ModuleType("skipsearch")
 pkg.__path__ = [PKG_DIR]
 sys.modules["skipsearch"] = pkg
-from skipsearch.store import BestStore, Validation
+from skipsearch.store.best import BestStore, Validation
 
 def work(thread):
     store = BestStore(URL)
@@ -301,7 +301,7 @@ for t in threads:
 
 
 def test_concurrent_best_upserts_postgres(pg_url: str) -> None:  # noqa: F811 - the fixture
-    import skipsearch.store
+    import skipsearch.store.best
     procs, threads, count = 3, 3, 12
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(procs * threads)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from cli_helpers import assert_one_line_error, run_cli
-from skipsearch.generate import NonFiniteOutputError
+
 from skipsearch.proxy.fid_proxy import FidProxy, ProxyConfig, ProxyConfigError
-from skipsearch.schedule import SkipSchedule
+from skipsearch.sampling.generate import NonFiniteOutputError
+from skipsearch.schedule.core import SkipSchedule
 
 
 @pytest.fixture(scope="module")

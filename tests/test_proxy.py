@@ -16,13 +16,29 @@ from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics
 from torch_fidelity.metric_kid import kid_features_to_metric
 
 from skipsearch.data import load_mnist, to_model_range
+from skipsearch.models.checkpoints import file_sha256
 from skipsearch.proxy import (
-    ExtractorWeightsError, FeatureStats, NonFiniteError, RankDeficientWarning, ReferenceStatsError, StatsAccumulator,
-    as_uint8, compute_reference_stats, disturb, disturbance_table, fid, fid_features, fid_infinity, get_extractor,
-    inception_hub_path, is_monotone, kid, load_npz, save_npz,
+    ExtractorWeightsError,
+    FeatureStats,
+    NonFiniteError,
+    RankDeficientWarning,
+    ReferenceStatsError,
+    StatsAccumulator,
+    as_uint8,
+    compute_reference_stats,
+    disturb,
+    disturbance_table,
+    fid,
+    fid_features,
+    fid_infinity,
+    get_extractor,
+    inception_hub_path,
+    is_monotone,
+    kid,
+    load_npz,
+    save_npz,
 )
 from skipsearch.proxy.disturb import STRENGTHS, swirl
-from skipsearch.models.checkpoints import file_sha256
 from skipsearch.proxy.extractors import MNIST_FEATURES_CARD, MNIST_FEATURES_WEIGHTS
 from skipsearch.proxy.stats import DATASETS
 

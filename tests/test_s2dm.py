@@ -29,10 +29,16 @@ import pytest
 import torch
 from torch import nn
 
-from skipsearch.s2dm import (
-    DDPMLoss, DDPMS2DMLoss, S2DMLoss, edm_skip_c2, karras_skip_sigma, linear_alphas_cumprod,
+from skipsearch.training.edm import EDMLoss
+from skipsearch.training.loop import TrainConfig, train
+from skipsearch.training.s2dm import (
+    DDPMLoss,
+    DDPMS2DMLoss,
+    S2DMLoss,
+    edm_skip_c2,
+    karras_skip_sigma,
+    linear_alphas_cumprod,
 )
-from skipsearch.train import EDMLoss, TrainConfig, train
 
 # --------------------------------------------------------------------------------------------------------------------
 # Small real models.
@@ -294,9 +300,14 @@ def test_skip_rule_and_validation():
 
 
 def test_s2dm_spaces_and_budget():
-    from skipsearch.finetune import FinetuneBudget
-    from skipsearch.spaces import (
-        SpaceContext, UnknownSpaceError, baselines, check_space_name, get_space, space_names,
+    from skipsearch.search.finetune import FinetuneBudget
+    from skipsearch.search.spaces import (
+        SpaceContext,
+        UnknownSpaceError,
+        baselines,
+        check_space_name,
+        get_space,
+        space_names,
     )
     names = space_names()
     assert {"s2dm", "s2dm+linear", "linear", "linear+eps"} <= set(names) and "s2dm+eps" not in names
@@ -315,7 +326,7 @@ def test_s2dm_spaces_and_budget():
     assert (budget.steps, budget.segments, budget.batch_size) == (10, 3, 32)
     assert budget.segment_steps() == [4, 8, 10]
     assert FinetuneBudget(steps=2, segments=5).segment_steps() == [1, 2]
-    from skipsearch.studydef import StudyDefinitionError
+    from skipsearch.search.definition import StudyDefinitionError
     with pytest.raises(StudyDefinitionError, match="SKIPSEARCH_S2DM_BATCH"):
         FinetuneBudget.from_env({"SKIPSEARCH_S2DM_BATCH": "lots"})
 
@@ -349,9 +360,9 @@ def s2dm_run(tmp_path_factory):
 
 
 def test_finetune_study_through_the_cli(s2dm_run):
-    from skipsearch.finetune import read_card
     from skipsearch.models.checkpoints import file_sha256
-    from skipsearch.schedule import SkipSchedule
+    from skipsearch.schedule.core import SkipSchedule
+    from skipsearch.search.finetune import read_card
     home, url, export, proc = s2dm_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     (name,) = optuna.get_all_study_names(url)

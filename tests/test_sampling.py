@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from skipsearch.sampling import (
+from skipsearch.sampling.samplers import (
     SAMPLERS,
     NFEError,
     SampleResult,
@@ -23,7 +23,7 @@ from skipsearch.sampling import (
     sample_unipc,
     steps_for_nfe,
 )
-from skipsearch.schedule import Churn
+from skipsearch.schedule.core import Churn
 
 MU, STD = 0.3, 0.5  # per-dimension Gaussian data N(MU, STD^2)
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0

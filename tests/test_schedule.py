@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from skipsearch.schedule import (
+from skipsearch.schedule.core import (
     SCHEMA,
     Churn,
     ModelIdentity,

@@ -6,8 +6,15 @@ import numpy as np
 import optuna
 import pytest
 
-from skipsearch.spaces import (
-    SPACES, SpaceBounds, SpaceContext, UnknownSpaceError, baselines, get_space, paper_rho_bottom, space_names,
+from skipsearch.search.spaces import (
+    SPACES,
+    SpaceBounds,
+    SpaceContext,
+    UnknownSpaceError,
+    baselines,
+    get_space,
+    paper_rho_bottom,
+    space_names,
 )
 
 CTX = SpaceContext(num_skip_points=9, level_of_point=[0, 0, 0, 1, 1, 1, 2, 2, 2], num_steps=5)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, create_engine, inspect, text
 
-import skipsearch.store
-from skipsearch.store import (
+import skipsearch.store.best
+from skipsearch.store.best import (
     SCHEMA_VERSION,
     BestKey,
     BestStore,
@@ -175,14 +175,14 @@ def test_concurrent_threads(url: str) -> None:
     _check_concurrent(url, [v for vs in values for v in vs])
 
 
-# Source run by each spawned process. It registers a bare `skipsearch` package so that importing skipsearch.store
+# Source run by each spawned process. It registers a bare `skipsearch` package so that importing skipsearch.store.best
 # skips the package __init__, which imports torch (~5 s per process on a loaded 2-core machine; the store needs none).
 _CHILD = """
 import random, sys, types
 pkg = types.ModuleType("skipsearch")
 pkg.__path__ = [PKG_DIR]
 sys.modules["skipsearch"] = pkg
-from skipsearch.store import BestStore, Validation
+from skipsearch.store.best import BestStore, Validation
 
 rng = random.Random(SEED)
 store = BestStore(URL)

@@ -31,7 +31,7 @@ def _presets():
 
 
 def list_models() -> list[ModelInfo]:
-    from skipsearch.bundled import BUNDLED_CARD
+    from skipsearch.models.bundled import BUNDLED_CARD
     card = json.loads(BUNDLED_CARD.read_text()) if BUNDLED_CARD.exists() else {}
     infos = [ModelInfo("edm", "bundled EDM (SongUNet) trained by skipsearch on MNIST 28x28, unconditional",
                        int(card.get("num_skip_points", 9)), "package data (offline)")]
@@ -64,7 +64,7 @@ def load_model(name: str = "edm", *, checkpoint: str | os.PathLike | None = None
     """Load a model by name. ``edm`` is the bundled MNIST model unless ``checkpoint`` is given."""
     from skipsearch.models.checkpoints import CheckpointError, file_sha256, resolve_checkpoint
     if name == "edm":
-        from skipsearch.bundled import BUNDLED_WEIGHTS
+        from skipsearch.models.bundled import BUNDLED_WEIGHTS
         path = Path(checkpoint) if checkpoint else BUNDLED_WEIGHTS
     elif name in _presets():
         try:

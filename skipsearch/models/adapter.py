@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from skipsearch.hooks import SigmaProbe, SkipPoint, install_observers, install_skip_hooks, scale_output
-from skipsearch.schedule import ModelIdentity, ScheduleError, SkipSchedule
+from skipsearch.models.hooks import SigmaProbe, SkipPoint, install_observers, install_skip_hooks, scale_output
+from skipsearch.schedule.core import ModelIdentity, ScheduleError, SkipSchedule
 
 
 def state_dict_sha256(module: nn.Module) -> str:

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from skipsearch.hooks import SkipPoint
 from skipsearch.models.adapter import SkipAdapter, check_points
+from skipsearch.models.hooks import SkipPoint
 from skipsearch.models.parametrization import EpsilonParametrization
 
 

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from skipsearch.hooks import SkipPoint
 from skipsearch.models.adapter import SkipAdapter, check_points
+from skipsearch.models.hooks import SkipPoint
 
 EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0
 

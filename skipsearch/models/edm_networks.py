@@ -7,7 +7,7 @@ Dhariwal & Nichol 2021). Module names, parameter shapes and buffer names follow 
 Read top to bottom: layers -> UNetBlock -> the two UNets -> preconditioners (EDM, VP, VE, iDDPM).
 Every skip consumed by the decoder enters through one line, ``torch.cat([x, skips.pop()], dim=1)`` in
 ``_run_decoder``; skip-tuning scales the trailing channels of that concatenation with a forward pre-hook
-(``skipsearch.hooks``), so the networks stay plain.
+(``skipsearch.models.hooks``), so the networks stay plain.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from skipsearch.hooks import SkipPoint
 from skipsearch.models.adapter import SkipAdapter, check_points
+from skipsearch.models.hooks import SkipPoint
 from skipsearch.models.parametrization import DataParametrization, EpsilonParametrization
 
 # call(model, x_in, t_or_sigma, labels) -> raw model output

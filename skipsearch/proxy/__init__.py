@@ -3,17 +3,42 @@
 from __future__ import annotations
 
 from skipsearch.proxy.disturb import (
-    DISTURBANCES, STRENGTHS, DisturbanceRow, disturb, disturbance_table, format_table, is_monotone, proxy_check,
+    DISTURBANCES,
+    STRENGTHS,
+    DisturbanceRow,
+    disturb,
+    disturbance_table,
+    format_table,
+    is_monotone,
+    proxy_check,
 )
 from skipsearch.proxy.extractors import (
-    EXTRACTORS, ExtractorWeightsError, FeatureExtractor, as_uint8, get_extractor, inception_hub_path,
+    EXTRACTORS,
+    ExtractorWeightsError,
+    FeatureExtractor,
+    as_uint8,
+    get_extractor,
+    inception_hub_path,
     register_extractor,
 )
 from skipsearch.proxy.metrics import (
-    FIDInfinityResult, FIDResult, RankDeficientWarning, fid, fid_features, fid_infinity, fid_result, kid,
+    FIDInfinityResult,
+    FIDResult,
+    RankDeficientWarning,
+    fid,
+    fid_features,
+    fid_infinity,
+    fid_result,
+    kid,
 )
 from skipsearch.proxy.stats import (
-    FeatureStats, NonFiniteError, RefStats, ReferenceStatsError, StatsAccumulator, compute_reference_stats, load_npz,
+    FeatureStats,
+    NonFiniteError,
+    ReferenceStatsError,
+    RefStats,
+    StatsAccumulator,
+    compute_reference_stats,
+    load_npz,
     save_npz,
 )
 

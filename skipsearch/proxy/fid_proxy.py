@@ -18,14 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skipsearch.generate import generate
 from skipsearch.models.adapter import SkipAdapter
 from skipsearch.proxy.extractors import FeatureExtractor, get_extractor
 from skipsearch.proxy.metrics import fid_infinity, fid_result, kid
 from skipsearch.proxy.stats import (
-    DATASETS, FeatureStats, NonFiniteError, StatsAccumulator, cache_dir, compute_reference_stats, load_npz,
+    DATASETS,
+    FeatureStats,
+    NonFiniteError,
+    StatsAccumulator,
+    cache_dir,
+    compute_reference_stats,
+    load_npz,
 )
-from skipsearch.schedule import SkipSchedule
+from skipsearch.sampling.generate import generate
+from skipsearch.schedule.core import SkipSchedule
 
 METRICS = ("fid", "kid", "fid-inf")  # fid-inf: Chong & Forsyth extrapolation to n -> infinity
 

@@ -13,9 +13,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from skipsearch.search import StudySession, artifact_dir, count_finished, open_session
-from skipsearch.store import BestRow, default_storage_url, redact_url
-from skipsearch.studydef import StudyDefinition, default_study, load_study_file, validate
+from skipsearch.search.definition import StudyDefinition, default_study, load_study_file, validate
+from skipsearch.search.session import StudySession, artifact_dir, count_finished, open_session
+from skipsearch.store.best import BestRow, default_storage_url, redact_url
 
 
 @dataclass
@@ -55,7 +55,7 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
         on_session(session)
     interrupted = False
     if workers:
-        from skipsearch.executor import run_on_ray
+        from skipsearch.execution.ray import run_on_ray
         interrupted = run_on_ray(session, workers=workers, address=ray_address, on_trial=on_trial)
     else:
         session.run(session.remaining(), callbacks=[on_trial] if on_trial else None)
@@ -66,7 +66,7 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
         result.validations = session.validate(on_done=on_validated)
         result.best = session.store.get(session.key)
         if result.best is not None:
-            from skipsearch.export import export_best
+            from skipsearch.export.schedule import export_best
             path = Path(export) if export else default_export_path(storage_url, session.study.study_name)
             result.export_path, _ = export_best(session.store, path, model=result.best.model_name,
                                                 sampler=result.best.sampler, nfe=result.best.nfe)

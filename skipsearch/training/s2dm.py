@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from skipsearch.train import edm_sigma_and_weight
+from skipsearch.training.edm import edm_sigma_and_weight
 
 __all__ = ["S2DMLoss", "DDPMLoss", "DDPMS2DMLoss", "karras_skip_sigma", "edm_skip_c2", "edm_weight",
            "linear_alphas_cumprod", "antithetic_timesteps"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from skipsearch.search import artifact_dir, optuna_storage
+from skipsearch.search.session import artifact_dir, optuna_storage
 
 
 def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:

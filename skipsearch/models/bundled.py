@@ -38,7 +38,8 @@ def train_bundled_model(output: Path, *, steps: int = 8000, batch_size: int = 64
     """Train the bundled architecture with the EDM loss; writes ``edm_mnist.safetensors`` + ``edm_mnist.json``."""
     from skipsearch.data import load_mnist, to_model_range
     from skipsearch.models.checkpoints import create_network
-    from skipsearch.train import EDMLoss, TrainConfig, train
+    from skipsearch.training.edm import EDMLoss
+    from skipsearch.training.loop import TrainConfig, train
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)

@@ -10,13 +10,13 @@ from typing import Any
 import optuna
 import torch
 
-from skipsearch.generate import NonFiniteOutputError
-from skipsearch.images import save_grid
+from skipsearch.export.images import save_grid
 from skipsearch.models.adapter import SkipAdapter
 from skipsearch.proxy.fid_proxy import FidProxy, RungResult
 from skipsearch.proxy.stats import NonFiniteError
-from skipsearch.schedule import SkipSchedule
-from skipsearch.spaces import SearchSpace
+from skipsearch.sampling.generate import NonFiniteOutputError
+from skipsearch.schedule.core import SkipSchedule
+from skipsearch.search.spaces import SearchSpace
 
 # Failures that belong to a trial (its schedule), not to the study: the trial is FAIL and the study goes on.
 TRIAL_FAILURES: tuple[type[BaseException], ...] = (NonFiniteOutputError, NonFiniteError, torch.OutOfMemoryError,

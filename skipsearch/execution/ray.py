@@ -29,9 +29,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from skipsearch import search
-from skipsearch.search import FINISHED, StudySession, count_finished, open_session
-from skipsearch.studydef import StudyDefinition
+from skipsearch.search import session as search
+from skipsearch.search.definition import StudyDefinition
+from skipsearch.search.session import FINISHED, StudySession, count_finished, open_session
 
 __all__ = ["WORKER_ATTR", "TrialWorker", "WorkersError", "run_on_ray"]
 

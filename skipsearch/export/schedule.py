@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from skipsearch.schedule import SkipSchedule
-from skipsearch.store import BestRow, BestStore
+from skipsearch.schedule.core import SkipSchedule
+from skipsearch.store.best import BestRow, BestStore
 
 
 class ExportError(LookupError):

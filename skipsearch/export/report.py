@@ -8,7 +8,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from skipsearch.store import BestStore
+from skipsearch.store.best import BestStore
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from skipsearch.schedule import Churn, SkipSchedule, karras_interval_bounds
+from skipsearch.schedule.core import Churn, SkipSchedule, karras_interval_bounds
 
 
 class UnknownSpaceError(ValueError):
@@ -63,7 +63,7 @@ class SearchSpace:
 
     name = ""
     description = ""
-    finetune: str | None = None  # a trial kind that also changes the weights ("s2dm": skipsearch.finetune)
+    finetune: str | None = None  # a trial kind that also changes the weights ("s2dm": skipsearch.search.finetune)
 
     def __init__(self, ctx: SpaceContext, bounds: SpaceBounds = SpaceBounds(), eps: bool = False):
         self.ctx, self.bounds, self.eps = ctx, bounds, eps

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from skipsearch.data import to_uint8
 from skipsearch.device import autocast, default_batch_size
 from skipsearch.models.adapter import SkipAdapter
-from skipsearch.sampling import SeededNoise, get_sampler, sample
-from skipsearch.schedule import Churn, SkipSchedule
+from skipsearch.sampling.samplers import SeededNoise, get_sampler, sample
+from skipsearch.schedule.core import Churn, SkipSchedule
 
 
 class NonFiniteOutputError(RuntimeError):

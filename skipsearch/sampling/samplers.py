@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from skipsearch.schedule import Churn
+from skipsearch.schedule.core import Churn
 
 __all__ = [
     "Denoiser",

@@ -18,13 +18,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from skipsearch.device import resolve_device
 from skipsearch.models import SkipAdapter, load_model
-from skipsearch.objective import TRIAL_FAILURES, Objective
 from skipsearch.proxy.fid_proxy import FidProxy
-from skipsearch.sampling import get_sampler, steps_for_nfe
-from skipsearch.schedule import SkipSchedule
-from skipsearch.spaces import SearchSpace, SpaceContext, baselines, check_space_name, get_space
-from skipsearch.store import BestKey, BestStore, StoreError, Validation, default_storage_url, redact_url
-from skipsearch.studydef import SearchConfig, StudyDefinition
+from skipsearch.sampling.samplers import get_sampler, steps_for_nfe
+from skipsearch.schedule.core import SkipSchedule
+from skipsearch.search.definition import SearchConfig, StudyDefinition
+from skipsearch.search.objective import TRIAL_FAILURES, Objective
+from skipsearch.search.spaces import SearchSpace, SpaceContext, baselines, check_space_name, get_space
+from skipsearch.store.best import BestKey, BestStore, StoreError, Validation, default_storage_url, redact_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 HEARTBEAT_SECONDS = int(os.environ.get("SKIPSEARCH_HEARTBEAT_SECONDS", "10"))
@@ -121,7 +121,7 @@ class StudySession:
         folder.mkdir(parents=True, exist_ok=True)
         store = FileSystemArtifactStore(str(folder))
         if self.space.finetune:  # S²-DM spaces: each trial fine-tunes a copy of the model (imported lazily)
-            from skipsearch.finetune import FinetuneObjective
+            from skipsearch.search.finetune import FinetuneObjective
             self.objective = FinetuneObjective(self.adapter, self.proxy, self.space, space_name=self.definition.space,
                                                artifact_store=store, study=self.study, search=self.definition.search,
                                                weights_dir=folder / "s2dm" / self.study.study_name)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from skipsearch.proxy.fid_proxy import ProxyConfig
-from skipsearch.spaces import SpaceBounds
+from skipsearch.search.spaces import SpaceBounds
 
 # The repository's studies/ folder (an installed wheel falls back to the built-in defaults below).
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"

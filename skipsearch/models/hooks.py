@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from skipsearch.schedule import SkipSchedule
+from skipsearch.schedule.core import SkipSchedule
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Trial kind ``finetune-s2dm``: each trial fine-tunes a copy of the session's model with the S²-DM loss.
 
 Optuna suggests tau, skip and lr (spaces ``s2dm`` and ``s2dm+linear``, the latter with the linear rho pair; ranges in
-``skipsearch.spaces``). A trial copies the model, fine-tunes it on the proxy's data set (MNIST for the bundled model)
+``skipsearch.search.spaces``). A trial copies the model, fine-tunes it on the proxy's data set (MNIST for the bundled model)
 for a fixed budget of optimiser steps, and after each segment of steps scores the EMA weights with the study's FID
 proxy (same sampler, NFE and seeds) at one fixed n, the last proxy rung. The value is reported with the *training
 step* as the pruning step, so a bad (tau, skip, lr) stops early. The trial's value is the proxy of the final weights.
@@ -46,13 +46,13 @@ from skipsearch.data import DatasetError, to_model_range
 from skipsearch.models.adapter import SkipAdapter
 from skipsearch.models.checkpoints import CheckpointError, file_sha256, load_network, save_network
 from skipsearch.models.edm import EDMAdapter
-from skipsearch.objective import TRIAL_FAILURES, Objective
 from skipsearch.proxy.fid_proxy import FidProxy, ProxyResult
-from skipsearch.s2dm import S2DMLoss
-from skipsearch.schedule import ModelIdentity, SkipSchedule
-from skipsearch.spaces import SearchSpace
-from skipsearch.studydef import SearchConfig, StudyDefinitionError
-from skipsearch.train import TrainConfig, TrainResult, train
+from skipsearch.schedule.core import ModelIdentity, SkipSchedule
+from skipsearch.search.definition import SearchConfig, StudyDefinitionError
+from skipsearch.search.objective import TRIAL_FAILURES, Objective
+from skipsearch.search.spaces import SearchSpace
+from skipsearch.training.loop import TrainConfig, TrainResult, train
+from skipsearch.training.s2dm import S2DMLoss
 
 TRIAL_KIND = "finetune-s2dm"
 ENV_STEPS, ENV_SEGMENTS, ENV_BATCH = "SKIPSEARCH_S2DM_STEPS", "SKIPSEARCH_S2DM_SEGMENTS", "SKIPSEARCH_S2DM_BATCH"
@@ -191,7 +191,7 @@ class FinetuneObjective(Objective):
         self._validated: dict[int, float] = {}
         # Pruning steps are training steps here, not image counts: rebuild the study's pruner (same kind and
         # settings) on the segment steps so successive halving / hyperband rungs fall on steps that are reported.
-        from skipsearch.search import make_pruner
+        from skipsearch.search.session import make_pruner
         study.pruner = make_pruner(search, tuple(self.budget.segment_steps()))
 
     # --- helpers ----------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""Training of EDM-parametrised models: the EDM loss (log-normal sigma), Adam, EMA of the weights.
+"""The training loop shared by every loss: Adam with warm-up, EDM's bad-gradient guard, EMA of the weights.
 
-Used to make the bundled MNIST model (``skipsearch train``) and, with another loss, by S²-DM fine-tuning trials.
+Used to make the bundled models (EDM loss, DDPM loss) and by S²-DM fine-tuning trials (skip-step loss).
 """
 
 from __future__ import annotations
@@ -14,36 +14,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from skipsearch.models.edm_networks import _Precond
-
-# A loss maps (net, clean images in [-1,1], labels or None, generator) to per-sample losses [B].
-LossFn = Callable[[_Precond, torch.Tensor, "torch.Tensor | None", torch.Generator], torch.Tensor]
-
-
-def edm_sigma_and_weight(batch: int, p_mean: float, p_std: float, sigma_data: float, generator: torch.Generator,
-                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """ln(sigma) ~ N(p_mean, p_std^2) and the EDM weight (sigma^2 + sd^2)/(sigma sd)^2, both [B,1,1,1]."""
-    rnd = torch.randn([batch, 1, 1, 1], generator=generator, device=device)
-    sigma = (rnd * p_std + p_mean).exp()
-    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-    return sigma, weight
-
-
-@dataclass(frozen=True)
-class EDMLoss:
-    """EDM's denoising score-matching loss (Karras et al. 2022, Eq. 2 with their sigma density and weight)."""
-
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    sigma_data: float = 0.5
-
-    def __call__(self, net: _Precond, images: torch.Tensor, labels: torch.Tensor | None,
-                 generator: torch.Generator) -> torch.Tensor:
-        sigma, weight = edm_sigma_and_weight(images.shape[0], self.p_mean, self.p_std, self.sigma_data, generator,
-                                             images.device)
-        noise = torch.randn(images.shape, generator=generator, device=images.device)
-        denoised = net(images + noise * sigma, sigma, labels)
-        return (weight * (denoised - images) ** 2).flatten(1).mean(1)
+# A loss maps (net, clean images in the model's range, labels or None, generator) to per-sample losses [B].
+LossFn = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None", torch.Generator], torch.Tensor]
 
 
 @dataclass
@@ -74,8 +46,8 @@ def update_ema(ema: nn.Module, net: nn.Module, beta: float) -> None:
         torch._foreach_lerp_(ema_params, [p.detach() for p in net.parameters()], 1 - beta)
 
 
-def train(net: _Precond, images: torch.Tensor, labels: torch.Tensor | None = None, *,
-          config: TrainConfig = TrainConfig(), loss_fn: LossFn = EDMLoss(), ema: nn.Module | None = None,
+def train(net: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *,
+          config: TrainConfig = TrainConfig(), loss_fn: LossFn, ema: nn.Module | None = None,
           device: torch.device | str = "cpu", on_log: Callable[[int, float, nn.Module], None] | None = None,
           should_stop: Callable[[], bool] | None = None) -> tuple[nn.Module, TrainResult]:
     """Train ``net`` on float images in [-1,1] ([N,C,H,W]); returns (EMA network, result).

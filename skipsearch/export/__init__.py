@@ -1,0 +1,1 @@
+"""Stage 9, export and review: schedule JSON, reports, image grids, optuna-dashboard."""
