@@ -11,7 +11,7 @@ import tempfile
 import optuna
 import torch
 
-from skipsearch.proxy.fid_proxy import ProxyConfig
+from skipsearch.proxy.config import ProxyConfig
 from skipsearch.search.definition import SearchConfig, StudyDefinition
 from skipsearch.search.session import open_session
 

@@ -20,7 +20,8 @@ import torch
 
 from skipsearch.models import load_model
 from skipsearch.models.edm import EDMAdapter
-from skipsearch.proxy.fid_proxy import FidProxy, ProxyConfig
+from skipsearch.proxy.config import ProxyConfig
+from skipsearch.proxy.fid_proxy import FidProxy
 from skipsearch.sampling.samplers import steps_for_nfe
 from skipsearch.search.finetune import FinetuneBudget, finetune_network, training_images
 from skipsearch.training.s2dm import karras_skip_sigma

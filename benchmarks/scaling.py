@@ -22,7 +22,7 @@ import torch
 from skipsearch.execution.ray import run_on_ray
 from skipsearch.search.definition import default_study
 from skipsearch.search.session import FINISHED, open_session
-from skipsearch.store.best import redact_url
+from skipsearch.store import redact_url
 
 
 def measure(workers: int, trials: int, nfe: int, storage: str) -> tuple[float, float, float, float]:

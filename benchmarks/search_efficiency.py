@@ -19,7 +19,8 @@ import optuna
 import torch
 
 from skipsearch.models import load_model
-from skipsearch.proxy.fid_proxy import FidProxy, ProxyConfig
+from skipsearch.proxy.config import ProxyConfig
+from skipsearch.proxy.fid_proxy import FidProxy
 from skipsearch.schedule.core import SkipSchedule
 from skipsearch.search.definition import SearchConfig
 from skipsearch.search.objective import Objective

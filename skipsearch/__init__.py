@@ -1,17 +1,23 @@
-"""skipsearch: Bayesian optimisation of Skip-Tuning schedules for pretrained diffusion UNets."""
+"""skipsearch: Bayesian optimisation of Skip-Tuning schedules for pretrained diffusion UNets.
+
+The API (``load_model``, ``apply``, ``SkipSchedule``, ``optimize``) loads on first use, so importing a torch-free
+part of the package (study definitions) does not import torch.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from skipsearch.lazy import lazy_exports
+
 __version__ = "0.1.0"
 
-from skipsearch.models import adapt, apply, load_model
-from skipsearch.schedule.core import SkipSchedule
-
-
-def optimize(*args, **kwargs):
-    """Run a study like ``skipsearch optimize`` (see :func:`skipsearch.service.optimize`)."""
-    from skipsearch.execution.local import optimize as run
-    return run(*args, **kwargs)
-
+if TYPE_CHECKING:
+    from skipsearch.execution.local import optimize
+    from skipsearch.models import adapt, apply, load_model
+    from skipsearch.schedule.core import SkipSchedule
 
 __all__ = ["SkipSchedule", "adapt", "apply", "load_model", "optimize", "__version__"]
+__getattr__ = lazy_exports(__name__, {"adapt": "skipsearch.models", "apply": "skipsearch.models",
+                                      "load_model": "skipsearch.models", "SkipSchedule": "skipsearch.schedule.core",
+                                      "optimize": "skipsearch.execution.local"})

@@ -1,69 +1,165 @@
-"""The ``skipsearch`` command line (typer + rich). User errors end as one line and exit code 2, never a traceback."""
+"""The ``skipsearch`` command line (typer + rich): where a flag becomes a setting.
+
+Environment variables are read once, here (``Settings.from_env()``), and handed to the stages. Every user error
+(:class:`skipsearch.errors.SkipsearchError`, a file-system error, a bad flag value) ends as one line on stderr and
+exit code 2; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+import click
 import typer
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from skipsearch.errors import SkipsearchError, UsageError
+from skipsearch.settings import Settings
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="Find the best Skip-Tuning schedule for a pretrained diffusion UNet.")
-console = Console(stderr=True)
-out = Console()
+                  rich_markup_mode=None, help="Find the best Skip-Tuning schedule for a pretrained diffusion UNet.")
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
 
 
-class UsageError(ValueError):
-    """A bad combination of flags."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from skipsearch.data import DatasetError
-    from skipsearch.device import DeviceError
-    from skipsearch.execution.ray import WorkersError
-    from skipsearch.export.schedule import ExportError
-    from skipsearch.models import ModelError
-    from skipsearch.models.checkpoints import CheckpointError
-    from skipsearch.proxy.extractors import ExtractorWeightsError
-    from skipsearch.proxy.fid_proxy import ProxyConfigError
-    from skipsearch.proxy.stats import NonFiniteError, ReferenceStatsError
-    from skipsearch.sampling.generate import NonFiniteOutputError
-    from skipsearch.sampling.samplers import NFEError, UnknownSamplerError
-    from skipsearch.schedule.core import ScheduleError
-    from skipsearch.search.definition import StudyDefinitionError
-    from skipsearch.search.spaces import UnknownSpaceError
-    from skipsearch.store.best import StoreError
-    return (UsageError, ScheduleError, ModelError, CheckpointError, NFEError, UnknownSamplerError, DeviceError,
-            DatasetError, NonFiniteOutputError, NonFiniteError, FileNotFoundError, PermissionError, ExportError,
-            ExtractorWeightsError, ProxyConfigError, ReferenceStatsError, UnknownSpaceError, StoreError,
-            StudyDefinitionError, WorkersError)
+def _error_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text
 
 
 def main() -> None:
     """Console entry point."""
     try:
-        app()
+        code = _click_command().main(prog_name="skipsearch", standalone_mode=False)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")
         sys.exit(130)
-    except Exception as exc:  # only the known user-error types are caught; anything else is a bug: re-raise
-        if isinstance(exc, _user_errors()):
-            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(2)
-        raise
+    except click.exceptions.Abort:
+        console.print("[yellow]aborted[/yellow]")
+        sys.exit(130)
+    except click.ClickException as exc:  # bad flag values, missing arguments: click's message, one line
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "skipsearch"
+        console.print(f"[red]error:[/red] {escape(_error_line(exc.format_message()))} "
+                      f"(see '{escape(command)} --help')", soft_wrap=True)
+        sys.exit(2)
+    except (SkipsearchError, OSError) as exc:  # user errors and file-system problems: one line, no traceback
+        console.print(f"[red]error:[/red] {escape(_error_line(exc))}", soft_wrap=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    """Find the best Skip-Tuning schedule for a pretrained diffusion UNet."""
+    ctx.obj = Settings.from_env()
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    return ctx.obj if isinstance(ctx.obj, Settings) else Settings.from_env()
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Shared options and helpers.
+# Choices come from the stages' registries, loaded only when a command needs them (``--help`` of one command).
 
-ModelOpt = typer.Option("edm", "--model", "-m", help="model name (see 'skipsearch models')")
-CheckpointOpt = typer.Option(None, "--checkpoint", help="local checkpoint (.pkl from EDM or .safetensors)")
-TrustOpt = typer.Option(False, "--trust-pickle", help="allow loading a .pkl (pickles can run code: trusted files only)")
+
+class RegistryChoice(click.Choice):
+    """``click.Choice`` whose names come from a registry, read on first use."""
+
+    def __init__(self, names: Callable[[], list[str]]) -> None:
+        self._names = names
+        self._cached: list[str] | None = None
+        super().__init__([], case_sensitive=True)
+
+    @property
+    def choices(self):  # type: ignore[override]
+        if self._cached is None:
+            self._cached = list(self._names())
+        return self._cached
+
+    @choices.setter
+    def choices(self, value) -> None:  # click's __init__ assigns it
+        pass
+
+
+def _sampler_names() -> list[str]:
+    from skipsearch.sampling.samplers import SAMPLERS
+    return SAMPLERS.names()
+
+
+def _space_names() -> list[str]:
+    from skipsearch.search.spaces import space_names
+    return space_names()
+
+
+def _extractor_names() -> list[str]:
+    from skipsearch.proxy.extractors import EXTRACTORS
+    return EXTRACTORS.names()
+
+
+def _dataset_names() -> list[str]:
+    from skipsearch.proxy.stats import DATASETS
+    return DATASETS.names()
+
+
+def _optuna_sampler_names() -> list[str]:
+    from skipsearch.search.strategies import OPTUNA_SAMPLERS
+    return OPTUNA_SAMPLERS.names()
+
+
+def _pruner_names() -> list[str]:
+    from skipsearch.search.strategies import PRUNERS
+    return PRUNERS.names()
+
+
+def _metric_names() -> list[str]:
+    from skipsearch.proxy.config import METRICS
+    return list(METRICS)
+
+
+# (command, parameter) -> its choices; put on the click command in main(), so that help lists them and a bad value is
+# click's one-line "invalid choice" error.
+CHOICES: dict[tuple[str, str], Callable[[], list[str]]] = {
+    **{(command, "sampler"): _sampler_names for command in ("sample", "evaluate", "optimize", "best", "export")},
+    ("optimize", "space"): _space_names, ("optimize", "optuna_sampler"): _optuna_sampler_names,
+    ("optimize", "pruner"): _pruner_names, ("optimize", "metric"): _metric_names,
+    ("evaluate", "extractor"): _extractor_names, ("refstats", "extractor"): _extractor_names,
+    ("proxy-check", "extractor"): _extractor_names, ("refstats", "dataset"): _dataset_names,
+    ("refstats", "split"): lambda: ["train", "test"], ("train", "kind"): lambda: ["edm", "ddpm"],
+}
+
+
+def _click_command() -> click.Group:
+    group = typer.main.get_command(app)
+    for name, command in getattr(group, "commands", {}).items():
+        for param in command.params:
+            names = CHOICES.get((name, param.name or ""))
+            if names is not None:
+                choice = RegistryChoice(names)
+                param.type = choice
+                # typer renders the type from the annotation; show the registry's names instead (read lazily)
+                param.display_type_rich = lambda ctx, choice=choice: "[" + "|".join(choice.choices) + "]"
+    return group
+MODEL_HELP = ("model: a name (see 'skipsearch models'), a model file PATH.toml, package.module:factory, "
+              "or diffusers:DIR")
+ModelOpt = typer.Option("edm", "--model", "-m", help=MODEL_HELP)
+CheckpointOpt = typer.Option(None, "--checkpoint", help="local weights (.pkl from EDM, .safetensors, .pt)")
+TrustOpt = typer.Option(False, "--trust-pickle",
+                        help="allow loading a .pkl (pickles can run code: trusted files only)")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]")
+StorageOpt = typer.Option(None, "--storage", help="database URL (default: $SKIPSEARCH_STORAGE or ~/.skipsearch)")
+
+
+def _positive(value: Optional[int], flag: str) -> None:
+    if value is not None and value <= 0:
+        raise UsageError(f"{flag} must be a positive integer, got {value}")
 
 
 def _progress() -> Progress:
@@ -71,22 +167,31 @@ def _progress() -> Progress:
                     TimeRemainingColumn(), console=console, transient=False)
 
 
-def _load(model: str, checkpoint: Optional[Path], trust_pickle: bool, device: str):
+def _device(device: str):
     from skipsearch.device import configure_cpu_threads, resolve_device
-    from skipsearch.models import load_model
     dev = resolve_device(device)
     if dev.type == "cpu":
         configure_cpu_threads()
-    return load_model(model, checkpoint=checkpoint, trust_pickle=trust_pickle, device=str(dev))
+    return dev
+
+
+def _load(model: str, checkpoint: Optional[Path], trust_pickle: bool, device: str, settings: Settings):
+    from skipsearch.models import load_model
+    dev = _device(device)
+    return load_model(model, checkpoint=checkpoint, trust_pickle=trust_pickle, device=str(dev), settings=settings)
 
 
 def parse_rho(text: str, num_skip_points: int):
     """``0.7`` -> constant; ``0.68:1.0`` -> linear bottom->top (the paper's notation 0.68 -> 1.0)."""
-    from skipsearch.schedule.core import SkipSchedule
+    import math
+
+    from skipsearch.schedule import SkipSchedule
     try:
         parts = [float(p) for p in text.split(":")]
     except ValueError:
         raise UsageError(f"--rho {text!r}: give a number (0.7) or bottom:top (0.68:1.0)") from None
+    if not all(math.isfinite(p) for p in parts):
+        raise UsageError(f"--rho {text!r}: rho must be a finite number")
     if len(parts) == 1:
         return SkipSchedule.constant(parts[0], num_skip_points)
     if len(parts) == 2:
@@ -105,7 +210,7 @@ def _weights_of(schedule: Path) -> Optional[Path]:
 
 
 def resolve_schedule(adapter, schedule: Optional[Path], rho: Optional[str]):
-    from skipsearch.schedule.core import SkipSchedule
+    from skipsearch.schedule import SkipSchedule
     if schedule is not None and rho is not None:
         raise UsageError("give either --schedule or --rho, not both")
     if schedule is not None:
@@ -116,55 +221,71 @@ def resolve_schedule(adapter, schedule: Optional[Path], rho: Optional[str]):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Commands of the core stage.
+# Models and sampling.
 
 
 @app.command()
-def models() -> None:
-    """List the model presets and their skip-point counts."""
+def models(ctx: typer.Context) -> None:
+    """List the registered models and the model files found (skip points, source)."""
     from skipsearch.models import list_models
     table = Table(title="skipsearch models")
     for column in ("name", "skip points", "description", "weights"):
         table.add_column(column)
-    for info in list_models():
-        table.add_row(info.name, str(info.num_skip_points), info.description, info.source)
+    for info in list_models(_settings(ctx)):
+        table.add_row(escape(info.name), str(info.num_skip_points) if info.num_skip_points else "?",
+                      escape(info.description), escape(info.source))
     out.print(table)
 
 
 @app.command("skip-points")
-def skip_points(model: str = ModelOpt, checkpoint: Optional[Path] = CheckpointOpt, trust_pickle: bool = TrustOpt,
-                device: str = DeviceOpt, sigma: float = typer.Option(1.0, help="noise level of the probe batch"),
+def skip_points(ctx: typer.Context, model: str = ModelOpt, checkpoint: Optional[Path] = CheckpointOpt,
+                trust_pickle: bool = TrustOpt, device: str = DeviceOpt,
+                sigma: float = typer.Option(1.0, help="noise level of the probe batch"),
                 n: int = typer.Option(16, help="probe batch size"), seed: int = 0) -> None:
-    """Print the skip points (decoder order, 0 = bottom) with widths and the norm ratio ||d_i||/||u_i||."""
+    """Print the skip points (decoder order, 0 = bottom): source, consumer, widths, norm ratio ||d_i||/||u_i||."""
+    import math
+
     import torch
 
-    from skipsearch.data import load_mnist, to_model_range
-    adapter = _load(model, checkpoint, trust_pickle, device)
+    _positive(n, "--n")
+    if not math.isfinite(sigma) or sigma <= 0:
+        raise UsageError(f"--sigma must be a positive number, got {sigma}")
+    adapter = _load(model, checkpoint, trust_pickle, device, _settings(ctx))
+    images = adapter.probe_images(n, seed)
     generator = torch.Generator().manual_seed(seed)
-    if model == "edm" and checkpoint is None:
-        # The bundled model's own data: the ratio is measured where the model is used, on noisy real digits.
-        images = to_model_range(load_mnist("test")[0][:n])
-    else:
-        images = torch.randn(n, *adapter.img_shape, generator=generator) * 0.5
     x = (images + sigma * torch.randn(images.shape, generator=generator)).to(adapter.device)
     labels = None
     if adapter.label_dim:
         labels = torch.nn.functional.one_hot(torch.arange(n) % adapter.label_dim, adapter.label_dim).float()
         labels = labels.to(adapter.device)
     ratios = adapter.norm_ratios(x, torch.full((n,), sigma, device=adapter.device), labels)
-    table = Table(title=f"skip points of {adapter.name} (sha256 {adapter.identity.sha256[:12]}), sigma={sigma}")
-    for column in ("index", "consumer", "resolution", "main ch", "skip ch", "||d||/||u||"):
-        table.add_column(column, justify="right" if column != "consumer" else "left")
+    table = Table(title=f"skip points of {escape(adapter.name)} (sha256 {adapter.identity.sha256[:12]}), "
+                        f"sigma={sigma}")
+    table.box, table.padding, table.pad_edge = box.SIMPLE, (0, 1), False  # module names fit 80 columns whole
+    for column in ("#", "source", "consumer", "res", "main", "skip", "|d|/|u|"):
+        names = column in ("source", "consumer")
+        table.add_column(column, justify="left" if names else "right", no_wrap=True, overflow="fold")
     for point, ratio in zip(adapter.skip_points, ratios):
-        table.add_row(str(point.index), point.consumer, f"{point.resolution}x{point.resolution}",
+        table.add_row(str(point.index), escape(point.source or "?"), escape(point.consumer), str(point.resolution),
                       str(point.main_channels), str(point.skip_channels), f"{ratio:.3f}")
     out.print(table)
     out.print(f"mean norm ratio {sum(ratios) / len(ratios):.3f} over {len(ratios)} skip points")
+    for line in getattr(adapter, "detection_report", []) or []:
+        out.print(escape(line))
+
+
+def _check_image_output(path: Path, suffixes: tuple[str, ...]) -> None:
+    """Fail before minutes of sampling, not after: the folder must exist and the suffix be one we write."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name ending in {' or '.join(suffixes)}")
+    if path.suffix.lower() not in suffixes:
+        raise UsageError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; use {' or '.join(suffixes)}")
 
 
 @app.command()
-def sample(model: str = ModelOpt, nfe: int = typer.Option(35, "--nfe", help="denoiser calls per image (exact)"),
-           sampler: str = typer.Option("heun", help="heun | euler | dpmpp_2m | unipc | ddim"),
+def sample(ctx: typer.Context, model: str = ModelOpt,
+           nfe: int = typer.Option(35, "--nfe", help="denoiser calls per image (exact)"),
+           sampler: str = typer.Option("heun", help="sampler"),
            schedule: Optional[Path] = typer.Option(None, help="schedule JSON (from 'skipsearch export')"),
            rho: Optional[str] = typer.Option(None, help="constant rho (0.7) or linear bottom:top (0.68:1.0)"),
            n: int = typer.Option(64, "--n", help="number of images"), seed: int = typer.Option(0, help="first seed"),
@@ -178,12 +299,18 @@ def sample(model: str = ModelOpt, nfe: int = typer.Option(35, "--nfe", help="den
     from skipsearch.export.images import save_grid, save_npz
     from skipsearch.sampling.generate import generate
     from skipsearch.sampling.samplers import steps_for_nfe
-    if n <= 0:
-        raise UsageError(f"--n must be positive, got {n}")
+    _positive(n, "--n")
+    _positive(batch_size, "--batch-size")
+    _positive(scale, "--scale")
     steps_for_nfe(sampler, nfe)  # fail on a bad NFE before loading anything
+    _check_image_output(output, (".png",))
+    if npz is not None:
+        _check_image_output(npz, (".npz",))
+    if schedule is not None and schedule.is_dir():
+        raise UsageError(f"--schedule {schedule} is a folder; give a schedule JSON file")
     if checkpoint is None and schedule is not None:
         checkpoint = _weights_of(schedule)
-    adapter = _load(model, checkpoint, trust_pickle, device)
+    adapter = _load(model, checkpoint, trust_pickle, device, _settings(ctx))
     tuned = resolve_schedule(adapter, schedule, rho)
     with _progress() as progress:
         task = progress.add_task(f"sampling {sampler} NFE {nfe}", total=n)
@@ -191,32 +318,40 @@ def sample(model: str = ModelOpt, nfe: int = typer.Option(35, "--nfe", help="den
                           batch_size=batch_size, precision=precision,
                           progress=lambda k: progress.advance(task, k))
     save_grid(result.images, output, scale=scale)
-    out.print(f"wrote {output} ({n} images, {adapter.name}, {sampler}, NFE {nfe}, "
+    out.print(f"wrote {escape(str(output))} ({n} images, {escape(adapter.name)}, {sampler}, NFE {nfe}, "
               f"{'untuned' if tuned is None else tuned.family + ' schedule'}, {result.seconds:.1f}s)")
     if npz is not None:
         save_npz(result.images, npz, seeds=result.seeds)
-        out.print(f"wrote {npz}")
+        out.print(f"wrote {escape(str(npz))}")
 
 
 @app.command()
 def train(output: Path = typer.Option(Path("runs/edm-mnist"), "-o", "--output", help="folder for weights + card"),
-          steps: int = typer.Option(8000, help="optimizer steps"), batch_size: int = 64, lr: float = 2e-3,
+          kind: str = typer.Option("edm", help="edm: the bundled EDM SongUNet; ddpm: the bundled diffusers DDPM"),
+          steps: int = typer.Option(8000, help="optimizer steps"), batch_size: int = 64,
+          lr: Optional[float] = typer.Option(None, help="learning rate (default 2e-3 edm, 1e-3 ddpm)"),
           seed: int = 0, device: str = DeviceOpt, threads: Optional[int] = None,
           data: Optional[Path] = typer.Option(None, help="folder containing MNIST/raw (default: auto)")) -> None:
-    """Train the bundled-model architecture on MNIST (EDM loss, EMA) and write safetensors + model card."""
+    """Train a bundled-model architecture on MNIST (EDM or DDPM loss, EMA) and write its weights + model card."""
     from skipsearch.device import configure_cpu_threads, resolve_device
-    from skipsearch.models.bundled import train_bundled_model
+    for value, flag in ((steps, "--steps"), (batch_size, "--batch-size"), (threads, "--threads")):
+        _positive(value, flag)
+    if lr is not None and not lr > 0:
+        raise UsageError(f"--lr must be positive, got {lr}")
     dev = resolve_device(device)
     if dev.type == "cpu":
         configure_cpu_threads(threads)
+    if kind == "edm":
+        from skipsearch.training.edm import train_bundled_model as run
+    else:
+        from skipsearch.training.ddpm import train_bundled_ddpm as run
     with _progress() as progress:
         task = progress.add_task("training", total=steps)
-        card = train_bundled_model(output, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=dev,
-                                   data_root=data, on_step=lambda step, loss: progress.update(
-                                       task, completed=step, description=f"training loss {loss:.4f}"))
-    out.print(f"wrote {output}/edm_mnist.safetensors: {card['steps']} steps, final loss {card['final_loss']:.4f}, "
+        card = run(output, steps=steps, batch_size=batch_size, lr=lr or (2e-3 if kind == "edm" else 1e-3),
+                   seed=seed, device=dev, data_root=data, on_step=lambda step, loss: progress.update(
+                       task, completed=step, description=f"training loss {loss:.4f}"))
+    out.print(f"wrote {escape(str(output))}: {card['steps']} steps, final loss {card['final_loss']:.4f}, "
               f"{card['wall_seconds']:.0f}s")
-
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -224,55 +359,79 @@ def train(output: Path = typer.Option(Path("runs/edm-mnist"), "-o", "--output", 
 
 
 @app.command()
-def evaluate(model: str = ModelOpt, nfe: int = typer.Option(9, "--nfe"), sampler: str = "heun",
+def evaluate(ctx: typer.Context, model: str = ModelOpt, nfe: int = typer.Option(9, "--nfe"),
+             sampler: str = typer.Option("heun"),
              schedule: Optional[Path] = typer.Option(None, help="schedule JSON"),
              rho: Optional[str] = typer.Option(None, help="constant rho or bottom:top"),
              n: int = typer.Option(2000, "--n", help="images"),
              metric: str = typer.Option("fid", help="comma-separated: fid, kid, fid-inf"),
              seed: int = typer.Option(0, help="seed offset (image k uses seed offset+k)"),
-             extractor: Optional[str] = None, fid_weights: Optional[Path] = None,
+             extractor: Optional[str] = typer.Option(None),
+             fid_weights: Optional[Path] = None,
              ref: Optional[Path] = typer.Option(None, help="EDM-style reference .npz (mu, sigma)"),
              checkpoint: Optional[Path] = CheckpointOpt, trust_pickle: bool = TrustOpt, device: str = DeviceOpt,
              batch_size: Optional[int] = None) -> None:
     """Proxy metric(s) of one schedule at n images, with the seeds and extractor used."""
-    from skipsearch.proxy.fid_proxy import FidProxy, default_proxy_config
+    from skipsearch.proxy.config import METRICS, default_proxy_config
+    from skipsearch.proxy.fid_proxy import FidProxy
     from skipsearch.sampling.samplers import steps_for_nfe
+    settings = _settings(ctx)
+    _positive(batch_size, "--batch-size")
+    if n < 2:
+        raise UsageError(f"--n must be at least 2, got {n}")
+    metrics = [m.strip() for m in metric.split(",") if m.strip()]
+    unknown = [m for m in metrics if m not in METRICS]
+    if not metrics or unknown:
+        raise UsageError(f"--metric {metric!r}: use a comma-separated list of {', '.join(METRICS)}")
     steps_for_nfe(sampler, nfe)
-    adapter = _load(model, checkpoint, trust_pickle, device)
+    adapter = _load(model, checkpoint, trust_pickle, device, settings)
     tuned = resolve_schedule(adapter, schedule, rho)
-    for name in [m.strip() for m in metric.split(",") if m.strip()]:
-        overrides = {k: v for k, v in dict(extractor=extractor, weights_path=str(fid_weights) if fid_weights else None,
-                                           ref_path=str(ref) if ref else None).items() if v is not None}
-        config = default_proxy_config(adapter.name, metric=name, rungs=(n,), seed_offset=seed,
-                                      batch_size=batch_size, **overrides)
-        proxy = FidProxy(adapter, sampler=sampler, nfe=nfe, config=config)
+    for name in metrics:
+        given = dict(extractor=extractor, weights_path=str(fid_weights) if fid_weights else None,
+                     ref_path=str(ref) if ref else None)
+        overrides = {k: v for k, v in given.items() if v is not None}
+        config = default_proxy_config(adapter.dataset, fid_ref=settings.fid_ref, metric=name, rungs=(n,),
+                                      seed_offset=seed, batch_size=batch_size, **overrides)
+        proxy = FidProxy(adapter, sampler=sampler, nfe=nfe, config=config, settings=settings)
         with _progress() as progress:
             task = progress.add_task(f"{name}: sampling + features", total=n)
             result = proxy.evaluate(tuned, preview=0, progress=lambda k: progress.advance(task, k))
         flag = " (n <= feature dim: biased)" if result.rungs[-1].rank_deficient else ""
-        out.print(f"{name.upper()} {result.value:.4f}{flag}  n={result.n}  seeds {result.seeds[0]}..{result.seeds[1] - 1}"
-                  f"  extractor {result.extractor} ({result.extractor_sha256[:12]})  {sampler} NFE {nfe}  "
-                  f"{'untuned' if tuned is None else tuned.family}")
+        out.print(f"{name.upper()} {result.value:.4f}{flag}  n={result.n}  seeds {result.seeds[0]}.."
+                  f"{result.seeds[1] - 1}  extractor {result.extractor} ({result.extractor_sha256[:12]})  "
+                  f"{sampler} NFE {nfe}  {'untuned' if tuned is None else tuned.family}")
 
 
 @app.command()
-def refstats(dataset: str = "mnist", split: str = "train", extractor: str = "mnist-features",
+def refstats(ctx: typer.Context,
+             dataset: str = typer.Option("mnist"),
+             split: str = typer.Option("train"),
+             extractor: str = typer.Option("mnist-features"),
              fid_weights: Optional[Path] = None, refresh: bool = False,
-             output: Optional[Path] = typer.Option(None, "-o", help="also write an EDM-style .npz (mu, sigma)")) -> None:
+             output: Optional[Path] = typer.Option(None, "-o",
+                                                   help="also write an EDM-style .npz (mu, sigma)")) -> None:
     """Compute (or load from cache) reference statistics of a data set split under an extractor."""
     from skipsearch.proxy.extractors import get_extractor
     from skipsearch.proxy.stats import compute_reference_stats, save_npz
-    ref = compute_reference_stats(dataset, split, get_extractor(extractor, weights_path=fid_weights), refresh=refresh)
-    out.print(f"{dataset}/{split} under {extractor}: n={ref.stats.n}, dim={ref.stats.dim}, {ref.status} ({ref.path})")
+    settings = _settings(ctx)
+    weights = fid_weights or (settings.fid_weights if extractor == "inception-v3-compat" else None)
+    ref = compute_reference_stats(dataset, split, get_extractor(extractor, weights_path=weights,
+                                                                offline=settings.offline),
+                                  cache=settings.cache, refresh=refresh)
+    out.print(f"{dataset}/{split} under {extractor}: n={ref.stats.n}, dim={ref.stats.dim}, {ref.status} "
+              f"({escape(str(ref.path))})")
     if output is not None:
         save_npz(output, ref.stats)
-        out.print(f"wrote {output}")
+        out.print(f"wrote {escape(str(output))}")
 
 
 @app.command("proxy-check")
-def proxy_check_cmd(extractor: str = "mnist-features", n: int = 500, fid_weights: Optional[Path] = None) -> None:
+def proxy_check_cmd(extractor: str = typer.Option("mnist-features"),
+                    n: int = 500, fid_weights: Optional[Path] = None) -> None:
     """Disturbance table: each disturbance must raise the proxy monotonically with its strength."""
     from skipsearch.proxy.disturb import format_table, is_monotone, proxy_check
+    if n < 2:
+        raise UsageError(f"--n must be at least 2, got {n}")
     table = proxy_check(extractor, n=n, weights_path=str(fid_weights) if fid_weights else None)
     out.print(format_table(table))
     ok = is_monotone(table)
@@ -283,135 +442,264 @@ def proxy_check_cmd(extractor: str = "mnist-features", n: int = 500, fid_weights
 # --------------------------------------------------------------------------------------------------------------------
 # Search commands.
 
-StorageOpt = typer.Option(None, "--storage", help="database URL (default: $SKIPSEARCH_STORAGE or ~/.skipsearch)")
+
+def _storage(url: Optional[str], settings: Settings) -> str:
+    from skipsearch.store import default_storage_url
+    return url or default_storage_url(settings)
 
 
-def _storage(url: Optional[str]) -> str:
-    from skipsearch.store.best import default_storage_url
-    return url or default_storage_url()
+def _rungs(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    if text is None:
+        return None
+    try:
+        return tuple(int(r) for r in text.split(","))
+    except ValueError:
+        raise UsageError(f"--rungs {text!r}: give comma-separated image counts, e.g. 250,500,1000") from None
 
 
 @app.command()
-def optimize(model: str = ModelOpt, nfe: Optional[int] = typer.Option(None, "--nfe"),
-             sampler: Optional[str] = typer.Option(None, help="heun | euler | dpmpp_2m | unipc | ddim"),
-             space: Optional[str] = typer.Option(None, help="constant | linear | per-level | per-layer | intervals | "
-                                                           "linear-in-time | eps-scale, optionally +eps; s2dm | "
-                                                           "s2dm+linear (S²-DM fine-tuning trials)"),
+def optimize(ctx: typer.Context, model: str = ModelOpt, nfe: Optional[int] = typer.Option(None, "--nfe"),
+             sampler: Optional[str] = typer.Option(None),
+             space: Optional[str] = typer.Option(None,
+                                                 help="search space (s2dm*: S²-DM fine-tuning trials)"),
              trials: Optional[int] = typer.Option(None, "--trials", help="trial budget of the study"),
              study: Optional[Path] = typer.Option(None, "--study", help="study definition (TOML)"),
              storage: Optional[str] = StorageOpt, study_name: Optional[str] = None,
-             optuna_sampler: Optional[str] = typer.Option(None, help="tpe | gp | cmaes | random"),
-             pruner: Optional[str] = typer.Option(None, help="successive-halving | hyperband | median | aggressive | none"),
+             optuna_sampler: Optional[str] = typer.Option(None),
+             pruner: Optional[str] = typer.Option(None),
              rho_min: Optional[float] = None, rho_max: Optional[float] = None,
              rungs: Optional[str] = typer.Option(None, help="comma-separated image counts, e.g. 250,500,1000"),
              final_n: Optional[int] = typer.Option(None, help="images for the validation of the top trials"),
              top_k: Optional[int] = typer.Option(None, help="trials re-evaluated at final n"),
-             metric: Optional[str] = None, seed: Optional[int] = None,
+             metric: Optional[str] = typer.Option(None),
+             seed: Optional[int] = None,
              export: Optional[Path] = typer.Option(None, help="where to write the best schedule JSON"),
-             checkpoint: Optional[Path] = CheckpointOpt, device: str = DeviceOpt,
+             checkpoint: Optional[Path] = CheckpointOpt, trust_pickle: bool = TrustOpt, device: str = DeviceOpt,
              workers: Optional[int] = typer.Option(None, help="Ray workers (one per GPU, else per CPU slot)"),
              ray_address: Optional[str] = typer.Option(None, help="auto | ray://host:port (default: local)")) -> None:
     """Search Skip-Tuning schedules with Optuna: proxy rungs + pruning, SQL store, validated export."""
-    from skipsearch.execution.local import optimize_with_progress
-    from skipsearch.search.definition import default_study, load_study_file
-    base = load_study_file(study) if study else default_study(model, sampler, nfe)
+    from skipsearch.search.definition import default_study, load_study_file, validate
+    settings = _settings(ctx)
+    _positive(workers, "--workers")
+    _positive(trials, "--trials")
+    if export is not None and export.is_dir():
+        raise UsageError(f"--export {export} is a folder; give a .json file name")
+    base = load_study_file(study) if study else default_study(model, sampler, nfe, settings=settings)
     overrides = dict(model=model if (study is None or model != "edm") else None, nfe=nfe, sampler=sampler,
                      space=space, trials=trials, name=study_name,
-                     checkpoint=str(checkpoint) if checkpoint else None,
+                     checkpoint=str(checkpoint) if checkpoint else None, trust_pickle=trust_pickle or None,
                      search__sampler=optuna_sampler, search__pruner=pruner, search__final_n=final_n,
                      search__validate_top_k=top_k, search__seed=seed, space_bounds__rho_min=rho_min,
-                     space_bounds__rho_max=rho_max, proxy__metric=metric,
-                     proxy__rungs=tuple(int(r) for r in rungs.split(",")) if rungs else None)
+                     space_bounds__rho_max=rho_max, proxy__metric=metric, proxy__rungs=_rungs(rungs))
     definition = base.override(**overrides)
-    from skipsearch.search.definition import validate
     validate(definition)
-    optimize_with_progress(definition, storage_url=_storage(storage), device=device, export=export,
-                           workers=workers, ray_address=ray_address, console=console, out=out)
+    storage_url = _storage(storage, settings)
+    _optimize_with_progress(definition, storage_url=storage_url, device=device, export=export, workers=workers,
+                            ray_address=ray_address, settings=settings)
+
+
+def _optimize_with_progress(definition, *, storage_url: str, device: str, export: Optional[Path],
+                            workers: Optional[int], ray_address: Optional[str], settings: Settings) -> None:
+    """One rich progress line for the study; the first Ctrl-C stops after the current trial."""
+    import signal
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from skipsearch.execution.local import run_definition, trial_counts
+    from skipsearch.search.session import count_finished
+    from skipsearch.store import redact_url
+    dev = _device(device)
+    progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+    state: dict[str, Any] = {"session": None, "stops": 0}
+
+    def on_session(session) -> None:
+        state["session"] = session
+        state["t0"], state["done0"] = time.perf_counter(), count_finished(session.study)
+        out.print(f"study [bold]{escape(session.study.study_name)}[/bold] in {escape(redact_url(storage_url))} "
+                  f"({count_finished(session.study)}/{definition.trials} trials done, space {definition.space}, "
+                  f"{definition.sampler} NFE {definition.nfe}, proxy {definition.proxy.metric} on "
+                  f"{definition.proxy.extractor}, rungs {list(definition.proxy.rungs)})")
+        state["task"] = progress.add_task("trials", total=definition.trials, info="",
+                                          completed=count_finished(session.study))
+        progress.start()
+
+    def on_trial(study: optuna.Study, _trial) -> None:
+        counts = trial_counts(study)
+        values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        best = f"best {min(values):.4f}" if values else "best -"
+        rate = (counts["finished"] - state["done0"]) / max(1e-9, (time.perf_counter() - state["t0"]) / 60)
+        progress.update(state["task"], completed=counts["finished"],
+                        info=f"{best}  pruned {counts['pruned']}  failed {counts['failed']}  running "
+                             f"{counts['running']}  {rate:.1f}/min")
+
+    def on_sigint(_signum, _frame) -> None:
+        state["stops"] += 1
+        session = state.get("session")
+        if state["stops"] > 1 or session is None:
+            raise KeyboardInterrupt
+        session.interrupted = True
+        try:
+            session.study.stop()
+        except RuntimeError:
+            pass
+        console.print("[yellow]stopping after the current trial (Ctrl-C again to abort now)[/yellow]")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = run_definition(definition, storage_url=storage_url, device=str(dev), export=export,
+                                workers=workers, ray_address=ray_address, on_trial=on_trial, on_session=on_session,
+                                on_validated=lambda t, v: console.print(f"validated trial {t.number}: {v:.4f}"),
+                                settings=settings)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        progress.stop()
+    _print_result(definition, result, storage_url)
+
+
+def _print_result(definition, result, storage_url: str) -> None:
+    import json
+
+    from skipsearch.store import redact_url
+    counts = result.counts
+    out.print(f"{counts['finished']} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
+              f"{counts['failed']} failed ({result.seconds:.0f}s)")
+    if result.interrupted:
+        out.print(f"[yellow]interrupted[/yellow]; the study is saved. Resume with the same command (study "
+                  f"{escape(result.study_name)}, storage {escape(redact_url(storage_url))}).")
+        raise typer.Exit(130)
+    for v in result.validations:
+        label = f" ({escape(v['baseline'])})" if v.get("baseline") else ""
+        if "value" in v:
+            proxy = f" (proxy {v['proxy']:.4f})" if v.get("proxy") is not None else " (pruned in the search)"
+            out.print(f"  trial {v['trial']}{label}: validated {v['value']:.4f} at n={v['n']}{proxy}")
+        else:
+            out.print(f"  trial {v['trial']}{label}: validation failed: {escape(v['error'])}")
+    for line in result.verdict_lines():
+        out.print(escape(line))
+    if result.best is not None:
+        out.print(f"best {result.best.metric} {result.best.value:.4f} (trial {result.best.trial_number}, "
+                  f"n={result.best.n}); results in {escape(redact_url(storage_url))}")
+        out.print(f"exported schedule: {escape(str(result.export_path))}")
+        weights = json.loads(result.best.schedule_json).get("provenance", {}).get("weights_path")
+        checkpoint = weights or definition.checkpoint
+        out.print(escape(f"use it: skipsearch sample --model {definition.model} --nfe {definition.nfe} --sampler "
+                         f"{definition.sampler} --schedule {result.export_path}"
+                         + (f" --checkpoint {checkpoint}" if checkpoint else "")))
 
 
 @app.command()
-def best(model: Optional[str] = typer.Option(None, "--model", "-m"), sampler: Optional[str] = None,
+def best(ctx: typer.Context, model: Optional[str] = typer.Option(None, "--model", "-m"),
+         sampler: Optional[str] = typer.Option(None),
          nfe: Optional[int] = typer.Option(None, "--nfe"), storage: Optional[str] = StorageOpt) -> None:
     """The validated best schedule per model, sampler and NFE."""
-    from skipsearch.store.best import BestStore, redact_url
-    url = _storage(storage)
+    from skipsearch.store import BestStore, redact_url
+    _positive(nfe, "--nfe")
+    url = _storage(storage, _settings(ctx))
     with BestStore(url) as store:
         rows = store.best(model, sampler, nfe)
-    table = Table(title=f"best schedules in {redact_url(url)}")
+    table = Table(title=f"best schedules in {escape(redact_url(url))}")
     for column in ("model", "sha256", "sampler", "NFE", "space", "metric", "validated", "n", "proxy", "study/trial",
                    "updated"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r.model_name, r.weights_sha256[:10], r.sampler, str(r.nfe), r.space, r.metric,
+        table.add_row(escape(r.model_name), r.weights_sha256[:10], r.sampler, str(r.nfe), r.space, r.metric,
                       f"{r.value:.4f}", str(r.n), "" if r.proxy_value is None else f"{r.proxy_value:.4f}",
-                      f"{r.study_name}#{r.trial_number}", r.updated_at.strftime("%Y-%m-%d %H:%M"))
+                      escape(f"{r.study_name}#{r.trial_number}"), r.updated_at.strftime("%Y-%m-%d %H:%M"))
     out.print(table if rows else "no validated best schedules yet; run 'skipsearch optimize'")
 
 
 @app.command("export")
-def export_cmd(output: Path = typer.Option(Path("schedule.json"), "-o", "--output"), model: str = ModelOpt,
-               sampler: Optional[str] = None, nfe: Optional[int] = typer.Option(None, "--nfe"),
-               storage: Optional[str] = StorageOpt) -> None:
+def export_cmd(ctx: typer.Context, output: Path = typer.Option(Path("schedule.json"), "-o", "--output"),
+               model: str = ModelOpt, sampler: Optional[str] = typer.Option(None),
+               nfe: Optional[int] = typer.Option(None, "--nfe"), storage: Optional[str] = StorageOpt) -> None:
     """Write the validated best schedule as JSON (for 'sample --schedule' and skipsearch.apply)."""
     from skipsearch.export.schedule import export_best
-    from skipsearch.store.best import BestStore
-    with BestStore(_storage(storage)) as store:
-        path, row = export_best(store, output, model=model, sampler=sampler, nfe=nfe)
-    out.print(f"wrote {path}: {row.model_name} {row.sampler} NFE {row.nfe}, {row.metric} {row.value:.4f} "
-              f"(n={row.n}, study {row.study_name} trial {row.trial_number})")
+    from skipsearch.models import model_key
+    from skipsearch.store import BestStore
+    _positive(nfe, "--nfe")
+    if output.is_dir():
+        raise UsageError(f"-o {output} is a folder; give a .json file name")
+    with BestStore(_storage(storage, _settings(ctx))) as store:
+        path, row = export_best(store, output, model=model_key(model), sampler=sampler, nfe=nfe)
+    out.print(f"wrote {escape(str(path))}: {escape(row.model_name)} {row.sampler} NFE {row.nfe}, {row.metric} "
+              f"{row.value:.4f} (n={row.n}, study {escape(row.study_name)} trial {row.trial_number})")
 
 
 @app.command()
-def studies(storage: Optional[str] = StorageOpt) -> None:
+def studies(ctx: typer.Context, storage: Optional[str] = StorageOpt) -> None:
     """Studies in the storage with trial counts and best values."""
     import optuna
 
+    from skipsearch.search.records import StudyRecord
     from skipsearch.search.session import optuna_storage
-    from skipsearch.store.best import BestStore
-    url = _storage(storage)
+    from skipsearch.store import BestStore
+    settings = _settings(ctx)
+    url = _storage(storage, settings)
     BestStore(url).close()  # checks connectivity with a one-line error
     table = Table(title="studies")
     for column in ("study", "trials", "complete", "pruned", "failed", "best proxy", "best validated"):
         table.add_column(column)
-    for summary in optuna.get_all_study_summaries(optuna_storage(url), include_best_trial=False):
-        s = optuna.load_study(study_name=summary.study_name, storage=optuna_storage(url))
+    rdb = optuna_storage(url, settings.heartbeat_seconds)
+    for summary in optuna.get_all_study_summaries(rdb, include_best_trial=False):
+        s = optuna.load_study(study_name=summary.study_name, storage=rdb)
         states = [t.state.name for t in s.get_trials(deepcopy=False)]
         values = [t.value for t in s.get_trials(deepcopy=False) if t.value is not None]
-        validated = [v["value"] for v in s.user_attrs.get("validated", {}).values() if "value" in v]
-        table.add_row(summary.study_name, str(len(states)), str(states.count("COMPLETE")),
+        validated = [v.value for v in StudyRecord(s).validated().values() if v.value is not None]
+        table.add_row(escape(summary.study_name), str(len(states)), str(states.count("COMPLETE")),
                       str(states.count("PRUNED")), str(states.count("FAIL")),
                       f"{min(values):.4f}" if values else "-", f"{min(validated):.4f}" if validated else "-")
     out.print(table)
 
 
 @app.command()
-def report(study_name: str = typer.Argument(..., help="study name (see 'skipsearch studies')"),
-           output: Path = typer.Option(Path("report"), "-o", "--output"), storage: Optional[str] = StorageOpt) -> None:
+def report(ctx: typer.Context, study_name: str = typer.Argument(..., help="study name (see 'skipsearch studies')"),
+           output: Path = typer.Option(Path("report"), "-o", "--output"),
+           storage: Optional[str] = StorageOpt) -> None:
     """Trials table (CSV, Markdown) and FID-vs-rho / FID-vs-NFE plots."""
     import optuna
 
     from skipsearch.export.report import write_report
     from skipsearch.search.session import optuna_storage
-    from skipsearch.store.best import BestStore
-    url = _storage(storage)
+    from skipsearch.store import BestStore
+    settings = _settings(ctx)
+    url = _storage(storage, settings)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"-o {output} is a file; give a folder for the report")
     with BestStore(url) as store:
         try:
-            study = optuna.load_study(study_name=study_name, storage=optuna_storage(url))
+            study = optuna.load_study(study_name=study_name, storage=optuna_storage(url, settings.heartbeat_seconds))
         except KeyError:
             raise UsageError(f"no study named {study_name!r}; run 'skipsearch studies' to list them") from None
         for path in write_report(study, store, output):
-            out.print(f"wrote {path}")
+            out.print(f"wrote {escape(str(path))}")
 
 
 @app.command()
-def dashboard(storage: Optional[str] = StorageOpt, host: str = "127.0.0.1", port: int = 8080) -> None:
+def dashboard(ctx: typer.Context, storage: Optional[str] = StorageOpt, host: str = "127.0.0.1",
+              port: int = typer.Option(8080, min=1, max=65535)) -> None:
     """Start optuna-dashboard on the same storage (trial sample grids included)."""
+    import ipaddress
+    import socket
+
     from skipsearch.export.dashboard import serve
-    from skipsearch.store.best import BestStore, redact_url
-    url = _storage(storage)
+    from skipsearch.store import BestStore, redact_url
+    settings = _settings(ctx)
+    url = _storage(storage, settings)
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise UsageError(f"--host {host!r} is not an IP address (use 127.0.0.1)") from None
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     BestStore(url).close()
-    out.print(f"optuna-dashboard for {redact_url(url)} at http://{host}:{port}/ (Ctrl-C to stop)")
-    serve(url, host=host, port=port)
+    out.print(f"optuna-dashboard for {escape(redact_url(url))} at http://{host}:{port}/ (Ctrl-C to stop)")
+    serve(url, host=host, port=port, settings=settings)
 
 
 if __name__ == "__main__":

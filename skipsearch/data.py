@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skipsearch.errors import SkipsearchError
+
 MNIST_FILES = {
     ("train", "images"): "train-images-idx3-ubyte",
     ("train", "labels"): "train-labels-idx1-ubyte",
@@ -22,14 +24,16 @@ MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
-class DatasetError(RuntimeError):
+class DatasetError(SkipsearchError, RuntimeError):
     """A data set cannot be found or read; the message says how to provide it."""
 
 
 def mnist_root(root: str | os.PathLike | None = None) -> Path:
-    """The folder holding ``MNIST/raw``: the argument, ``$SKIPSEARCH_MNIST``, ../shared/data/mnist, or the cache."""
-    candidates = [root, os.environ.get("SKIPSEARCH_MNIST"), _SHARED_MNIST,
-                  Path(os.environ.get("SKIPSEARCH_CACHE", Path.home() / ".cache" / "skipsearch")) / "mnist"]
+    """The folder holding ``MNIST/raw``: the argument, ``Settings.mnist`` (``$SKIPSEARCH_MNIST``),
+    ../shared/data/mnist, or the cache."""
+    from skipsearch.settings import Settings
+    settings = Settings.from_env()
+    candidates = [root, settings.mnist, _SHARED_MNIST, settings.cache / "mnist"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "MNIST" / "raw" / MNIST_FILES["train", "images"]).exists():
             return Path(candidate)
@@ -89,3 +93,63 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float [-1,1] -> uint8 [0,255], EDM's rounding ``(x*127.5+128).clip(0,255)``."""
     return (images * 127.5 + 128).clip(0, 255).to(torch.uint8)
+
+
+class DataRange:
+    """How a model's data space maps to images: ``lo..hi`` (e.g. [-1, 1], [0, 1]) or per-channel mean/std.
+
+    Samplers and denoisers work in the model's own units; only the final samples (to uint8), training images and
+    probe batches (from uint8) are converted, so sigmas keep the meaning the model was trained with.
+    """
+
+    def __init__(self, lo: float = -1.0, hi: float = 1.0, *, mean: list[float] | None = None,
+                 std: list[float] | None = None) -> None:
+        if mean is not None or std is not None:
+            if mean is None or std is None or len(mean) != len(std) or not mean:
+                raise ValueError("data range: give mean and std with one value per channel")
+            if any(not s > 0 for s in std):
+                raise ValueError(f"data range: std must be positive, got {std}")
+            self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+            self.lo, self.hi = None, None
+        else:
+            if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < hi):
+                raise ValueError(f"data range [{lo}, {hi}] must have lo < hi")
+            self.lo, self.hi, self.mean, self.std = float(lo), float(hi), None, None
+
+    def describe(self) -> str:
+        if self.mean is not None:
+            return f"mean {self.mean} std {self.std}"
+        return f"[{self.lo:g}, {self.hi:g}]"
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std} if self.mean is not None else {"range": [self.lo, self.hi]}
+
+    def _affine(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, offset) with unit01 = x * scale + offset, broadcast over [B, C, H, W]."""
+        if self.mean is not None:
+            std = torch.tensor(self.std, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+            mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+            return std, mean
+        width = self.hi - self.lo
+        return x.new_tensor(1.0 / width), x.new_tensor(-self.lo / width)
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Model units -> [0, 1] (not clipped)."""
+        scale, offset = self._affine(x)
+        return x * scale + offset
+
+    def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """Model units -> uint8 with EDM's rounding (x*127.5+128 for [-1, 1])."""
+        return (self.to_unit(x) * 255 + 0.5).clip(0, 255).to(torch.uint8)
+
+    def from_uint8(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 -> float32 model units."""
+        x = images.to(torch.float32) / 255
+        scale, offset = self._affine(x)
+        return (x - offset) / scale
+
+    def is_default(self) -> bool:
+        return self.mean is None and (self.lo, self.hi) == (-1.0, 1.0)
+
+
+SYMMETRIC = DataRange(-1.0, 1.0)

@@ -7,8 +7,10 @@ import os
 
 import torch
 
+from skipsearch.errors import SkipsearchError
 
-class DeviceError(ValueError):
+
+class DeviceError(SkipsearchError, ValueError):
     """An unusable --device / --precision choice."""
 
 

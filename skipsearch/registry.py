@@ -34,6 +34,10 @@ class Registry(Generic[T]):
         self._items[name] = value
         return value
 
+    def unregister(self, name: str) -> None:
+        """Remove a registration (tests and plug-ins that registered something temporary)."""
+        self._items.pop(name, None)
+
     def decorator(self, name: str) -> Callable[[T], T]:
         """``@registry.decorator("name")`` registers the decorated function or class."""
         return lambda value: self.register(name, value)

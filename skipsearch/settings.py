@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from skipsearch.errors import SkipsearchError
@@ -48,10 +48,11 @@ def _flag(environ: Mapping[str, str], name: str) -> bool:
 class Settings:
     """Where skipsearch keeps things and how it behaves; the defaults are what an empty environment gives."""
 
-    home: Path = Path("~/.skipsearch").expanduser()  # database, artifacts and exports (SKIPSEARCH_HOME)
+    # Defaults expand ~ when a Settings is made, not at import: HOME may change in between (tests, services).
+    home: Path = field(default_factory=lambda: Path("~/.skipsearch").expanduser())  # db, artifacts, exports
     storage: str | None = None  # database URL (SKIPSEARCH_STORAGE); None: sqlite in home
     artifacts: Path | None = None  # trial artifacts (SKIPSEARCH_ARTIFACTS); None: beside the SQLite file
-    cache: Path = Path("~/.cache/skipsearch").expanduser()  # checkpoints, refstats, MNIST (SKIPSEARCH_CACHE)
+    cache: Path = field(default_factory=lambda: Path("~/.cache/skipsearch").expanduser())  # checkpoints, refstats
     mnist: Path | None = None  # folder holding MNIST/raw (SKIPSEARCH_MNIST)
     studies: Path | None = None  # extra study-file folder searched first (SKIPSEARCH_STUDIES)
     models: Path | None = None  # extra model-file folder searched first (SKIPSEARCH_MODELS)
@@ -97,9 +98,10 @@ class Settings:
         """The variables that reproduce these settings in another process (Ray workers); never the storage URL,
         which travels as an argument because runtime_env variables show in Ray's dashboard."""
         env: dict[str, str] = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name == "storage" or value is None or value == field.default:
+        defaults = Settings()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "storage" or value is None or value == getattr(defaults, f.name):
                 continue
-            env[PREFIX + field.name.upper()] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+            env[PREFIX + f.name.upper()] = ("1" if value else "0") if isinstance(value, bool) else str(value)
         return env

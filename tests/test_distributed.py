@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from skipsearch.search.session import count_finished
-from skipsearch.store.best import BestKey, BestStore
+from skipsearch.store import BestKey, BestStore
 
 TINY = ["--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "1", "--device", "cpu"]
 pytestmark = pytest.mark.timeout(600)
@@ -279,7 +279,7 @@ import random, sys, threading, types
 pkg = types.ModuleType("skipsearch")
 pkg.__path__ = [PKG_DIR]
 sys.modules["skipsearch"] = pkg
-from skipsearch.store.best import BestStore, Validation
+from skipsearch.store import BestStore, Validation
 
 def work(thread):
     store = BestStore(URL)
@@ -301,7 +301,7 @@ for t in threads:
 
 
 def test_concurrent_best_upserts_postgres(pg_url: str) -> None:  # noqa: F811 - the fixture
-    import skipsearch.store.best
+    import skipsearch.store
     procs, threads, count = 3, 3, 12
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(procs * threads)

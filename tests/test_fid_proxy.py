@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from cli_helpers import assert_one_line_error, run_cli
 
-from skipsearch.proxy.fid_proxy import FidProxy, ProxyConfig, ProxyConfigError
+from skipsearch.proxy.config import ProxyConfig
+from skipsearch.proxy.errors import ProxyConfigError
+from skipsearch.proxy.fid_proxy import FidProxy
 from skipsearch.sampling.generate import NonFiniteOutputError
 from skipsearch.schedule.core import SkipSchedule
 

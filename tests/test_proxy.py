@@ -41,6 +41,7 @@ from skipsearch.proxy import (
 from skipsearch.proxy.disturb import STRENGTHS, swirl
 from skipsearch.proxy.extractors import MNIST_FEATURES_CARD, MNIST_FEATURES_WEIGHTS
 from skipsearch.proxy.stats import DATASETS
+from skipsearch.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -195,14 +196,14 @@ def test_inception_without_weights_offline_says_what_to_download(tmp_path, monke
         monkeypatch.setenv("SKIPSEARCH_OFFLINE", "1")
         monkeypatch.delenv("SKIPSEARCH_FID_WEIGHTS", raising=False)
         with pytest.raises(ExtractorWeightsError) as info:
-            get_extractor("inception-v3-compat")
+            get_extractor("inception-v3-compat", offline=Settings.from_env().offline)
         message = str(info.value)
         assert "\n" not in message
         assert "weights-inception-2015-12-05-6726825d.pth" in message and "https://" in message
         assert str(inception_hub_path()) in message and "SKIPSEARCH_FID_WEIGHTS" in message
         monkeypatch.setenv("SKIPSEARCH_FID_WEIGHTS", str(tmp_path / "absent.pth"))
         with pytest.raises(ExtractorWeightsError, match="absent.pth"):
-            get_extractor("inception-v3-compat")
+            get_extractor("inception-v3-compat", weights_path=Settings.from_env().fid_weights)
     finally:
         torch.hub.set_dir(previous)
 
@@ -254,12 +255,13 @@ def test_mnist_features_rejects_weights_not_matching_their_card(tmp_path):
 # reference statistics
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_reference_stats_shipped_cache_miss_hit_and_sha_key(tmp_path, monkeypatch, mnist_extractor):
+def test_reference_stats_shipped_cache_miss_hit_and_sha_key(tmp_path, monkeypatch, request, mnist_extractor):
     monkeypatch.setenv("SKIPSEARCH_CACHE", str(tmp_path / "cache"))
-    shipped = compute_reference_stats()
+    shipped = compute_reference_stats("mnist", "train", mnist_extractor)
     assert shipped.status == "shipped" and shipped.stats.n == 60000 and shipped.stats.dim == mnist_extractor.dim
     # A registered 1000-image data set keeps the miss path fast; it is the same code as for "mnist".
-    monkeypatch.setitem(DATASETS, "mnist-head", lambda split: load_mnist(split)[0][:1000])
+    DATASETS.register("mnist-head", lambda split: load_mnist(split)[0][:1000])
+    request.addfinalizer(lambda: DATASETS.unregister("mnist-head"))
     first = compute_reference_stats("mnist-head", "test", mnist_extractor)
     second = compute_reference_stats("mnist-head", "test", mnist_extractor)
     assert (first.status, second.status) == ("miss", "hit") and first.path == second.path

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
+from skipsearch.sampling.grids import karras_sigmas
+from skipsearch.sampling.noise import SeededNoise
 from skipsearch.sampling.samplers import (
     SAMPLERS,
     NFEError,
     SampleResult,
-    SeededNoise,
     UnknownSamplerError,
     get_sampler,
-    karras_sigmas,
     sample,
     sample_ddim,
     sample_dpmpp_2m,

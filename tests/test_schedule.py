@@ -14,15 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from skipsearch.schedule.core import (
-    SCHEMA,
-    Churn,
-    ModelIdentity,
-    ScheduleError,
-    SkipSchedule,
-    karras_interval_bounds,
-    karras_sigmas,
-)
+from skipsearch.sampling.grids import karras_interval_bounds, karras_sigmas
+from skipsearch.schedule import SCHEMA, Churn, ModelIdentity, ScheduleError, SkipSchedule
 
 EDM = ModelIdentity(name="edm", sha256="a" * 64, num_skip_points=9)
 BOUNDS = (math.inf, 10.0, 1.5, 0.2, 0.0)  # four intervals
@@ -81,7 +74,7 @@ def test_window_puts_rho_only_in_its_interval() -> None:
 
 
 def test_karras_interval_bounds_group_sampling_steps() -> None:
-    sigmas = karras_sigmas(0.002, 80.0, 52)
+    sigmas = karras_sigmas(52, 0.002, 80.0)[:-1].numpy()  # without the final 0
     assert sigmas[0] == pytest.approx(80.0) and sigmas[-1] == pytest.approx(0.002)
     bounds = karras_interval_bounds(0.002, 80.0, 52, 4)
     assert len(bounds) == 14 and bounds[0] == math.inf and bounds[-1] == 0.0

@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, create_engine, inspect, text
 
-import skipsearch.store.best
-from skipsearch.store.best import (
+import skipsearch.store
+from skipsearch.store import (
     SCHEMA_VERSION,
     BestKey,
     BestStore,
     StoreError,
     Validation,
-    _upgrade,
     connect,
     default_storage_url,
     redact_url,
 )
+from skipsearch.store.migrations import _upgrade
 
 KEY = BestKey("edm-cifar10", "a" * 64, "heun", 18)
 
@@ -182,7 +182,7 @@ import random, sys, types
 pkg = types.ModuleType("skipsearch")
 pkg.__path__ = [PKG_DIR]
 sys.modules["skipsearch"] = pkg
-from skipsearch.store.best import BestStore, Validation
+from skipsearch.store import BestStore, Validation
 
 rng = random.Random(SEED)
 store = BestStore(URL)

@@ -1,9 +1,7 @@
-"""``skipsearch optimize`` end to end: study session -> trials (local, or Ray workers) -> validation -> export."""
+"""``optimize`` end to end: study session -> trials (here, or on Ray workers) -> validation -> export."""
 
 from __future__ import annotations
 
-import json
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +13,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from skipsearch.search.definition import StudyDefinition, default_study, load_study_file, validate
 from skipsearch.search.session import StudySession, artifact_dir, count_finished, open_session
-from skipsearch.store.best import BestRow, default_storage_url, redact_url
+from skipsearch.settings import Settings
+from skipsearch.store import BestRow, default_storage_url
 
 
 @dataclass
@@ -29,9 +28,28 @@ class OptimizeResult:
     interrupted: bool = False
     seconds: float = 0.0
 
+    def verdict_lines(self) -> list[str]:
+        """Plain words on what validation found: nothing validated, or nothing beat rho = 1."""
+        if self.interrupted:
+            return []
+        values = [v for v in self.validations if "value" in v]
+        if not values:
+            return ["nothing was validated: every candidate trial failed or was pruned; see the trials' fail_reason"
+                    " ('skipsearch report')"]
+        untuned = [v for v in values if v.get("baseline", "").startswith("untuned")]
+        searched = [v for v in values if not v.get("baseline")]
+        if untuned and (not searched or min(v["value"] for v in searched) >= untuned[0]["value"]):
+            return [f"no searched schedule beat rho = 1 after validation (untuned {untuned[0]['value']:.4f}); the "
+                    "best stored schedule is the untuned model unless another baseline won"]
+        if untuned:
+            best = min(v["value"] for v in searched)
+            lift = 100 * (untuned[0]["value"] - best) / untuned[0]["value"]
+            return [f"best searched schedule {best:.4f} vs untuned {untuned[0]['value']:.4f} ({lift:.1f}% lower)"]
+        return []
 
-def default_export_path(storage_url: str, study_name: str) -> Path:
-    return artifact_dir(storage_url).parent / "schedules" / f"{study_name}.json"
+
+def default_export_path(storage_url: str, study_name: str, settings: Settings | None = None) -> Path:
+    return artifact_dir(storage_url, settings).parent / "schedules" / f"{study_name}.json"
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
@@ -43,13 +61,15 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 
 def run_definition(definition: StudyDefinition, *, storage_url: str | None = None, device: str = "cpu",
                    export: str | Path | None = None, workers: int | None = None, ray_address: str | None = None,
+                   settings: Settings | None = None,
                    on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
                    on_session: Callable[[StudySession], None] | None = None,
                    on_validated: Callable[[FrozenTrial, float], None] | None = None) -> OptimizeResult:
     """Run a study to its budget, validate the top trials and export the best schedule."""
     start = time.perf_counter()
-    storage_url = storage_url or default_storage_url()
-    session = open_session(definition, storage_url=storage_url, device=device)
+    settings = settings or Settings.from_env()
+    storage_url = storage_url or default_storage_url(settings)
+    session = open_session(definition, storage_url=storage_url, device=device, settings=settings)
     session.enqueue_starts()
     if on_session is not None:
         on_session(session)
@@ -59,7 +79,7 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
         interrupted = run_on_ray(session, workers=workers, address=ray_address, on_trial=on_trial)
     else:
         session.run(session.remaining(), callbacks=[on_trial] if on_trial else None)
-        interrupted = bool(getattr(session, "interrupted", False))
+        interrupted = session.interrupted
     result = OptimizeResult(session.study.study_name, storage_url, trial_counts(session.study),
                             interrupted=interrupted)
     if not interrupted and session.remaining() == 0:
@@ -67,7 +87,7 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
         result.best = session.store.get(session.key)
         if result.best is not None:
             from skipsearch.export.schedule import export_best
-            path = Path(export) if export else default_export_path(storage_url, session.study.study_name)
+            path = Path(export) if export else default_export_path(storage_url, session.study.study_name, settings)
             result.export_path, _ = export_best(session.store, path, model=result.best.model_name,
                                                 sampler=result.best.sampler, nfe=result.best.nfe)
     result.seconds = time.perf_counter() - start
@@ -78,7 +98,7 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
 def optimize(model: str = "edm", nfe: int | None = None, sampler: str | None = None, *,
              study: str | Path | StudyDefinition | None = None, storage: str | None = None,
              device: str = "cpu", export: str | Path | None = None, workers: int | None = None,
-             ray_address: str | None = None, **overrides: Any) -> OptimizeResult:
+             ray_address: str | None = None, settings: Settings | None = None, **overrides: Any) -> OptimizeResult:
     """Python mirror of ``skipsearch optimize``; ``overrides`` as ``trials=8``, ``space='per-layer'``,
     ``proxy__rungs=(100, 200)``, ``search__pruner='median'``.
     """
@@ -87,85 +107,8 @@ def optimize(model: str = "edm", nfe: int | None = None, sampler: str | None = N
     elif study is not None:
         base = load_study_file(study)
     else:
-        base = default_study(model, sampler, nfe)
+        base = default_study(model, sampler, nfe, settings=settings)
     definition = base.override(model=model, nfe=nfe, sampler=sampler, **overrides)
     validate(definition)
     return run_definition(definition, storage_url=storage, device=device, export=export, workers=workers,
-                          ray_address=ray_address)
-
-
-def optimize_with_progress(definition: StudyDefinition, *, storage_url: str, device: str, export: Path | None,
-                           workers: int | None, ray_address: str | None, console, out) -> None:
-    """The CLI front end: one rich progress line for the study, Ctrl-C stops after the current trial."""
-    import typer
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from skipsearch.device import configure_cpu_threads, resolve_device
-    dev = resolve_device(device)
-    if dev.type == "cpu":
-        configure_cpu_threads()
-    progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                        TimeElapsedColumn(), console=console)
-    state: dict[str, Any] = {"session": None, "stops": 0}
-
-    def on_session(session: StudySession) -> None:
-        state["session"] = session
-        state["t0"], state["done0"] = time.perf_counter(), count_finished(session.study)
-        out.print(f"study [bold]{session.study.study_name}[/bold] in {redact_url(storage_url)} "
-                  f"({count_finished(session.study)}/{definition.trials} trials done, space {definition.space}, "
-                  f"{definition.sampler} NFE {definition.nfe}, proxy {definition.proxy.metric} on "
-                  f"{definition.proxy.extractor}, rungs {list(definition.proxy.rungs)})")
-        state["task"] = progress.add_task("trials", total=definition.trials, info="",
-                                          completed=count_finished(session.study))
-        progress.start()
-
-    def on_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        counts = trial_counts(study)
-        values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        best = f"best {min(values):.4f}" if values else "best -"
-        rate = (counts["finished"] - state["done0"]) / max(1e-9, (time.perf_counter() - state["t0"]) / 60)
-        progress.update(state["task"], completed=counts["finished"],
-                        info=f"{best}  pruned {counts['pruned']}  failed {counts['failed']}  running "
-                             f"{counts['running']}  {rate:.1f}/min")
-
-    def on_sigint(_signum, _frame) -> None:
-        state["stops"] += 1
-        session = state.get("session")
-        if state["stops"] > 1 or session is None:
-            raise KeyboardInterrupt
-        session.interrupted = True
-        try:
-            session.study.stop()
-        except RuntimeError:
-            pass
-        console.print("[yellow]stopping after the current trial (Ctrl-C again to abort now)[/yellow]")
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        result = run_definition(definition, storage_url=storage_url, device=str(dev), export=export,
-                                workers=workers, ray_address=ray_address, on_trial=on_trial, on_session=on_session,
-                                on_validated=lambda t, v: console.print(f"validated trial {t.number}: {v:.4f}"))
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        progress.stop()
-    counts = result.counts
-    out.print(f"{counts['finished']} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
-              f"{counts['failed']} failed ({result.seconds:.0f}s)")
-    if result.interrupted:
-        out.print(f"[yellow]interrupted[/yellow]; the study is saved. Resume with the same command (study "
-                  f"{result.study_name}, storage {redact_url(storage_url)}).")
-        raise typer.Exit(130)
-    for v in result.validations:
-        label = f" ({v['baseline']})" if v.get("baseline") else ""
-        if "value" in v:
-            out.print(f"  trial {v['trial']}{label}: validated {v['value']:.4f} at n={v['n']} (proxy {v['proxy']:.4f})")
-        else:
-            out.print(f"  trial {v['trial']}{label}: validation failed: {v['error']}")
-    if result.best is not None:
-        out.print(f"best {result.best.metric} {result.best.value:.4f} (trial {result.best.trial_number}, "
-                  f"n={result.best.n}); results in {redact_url(storage_url)}")
-        out.print(f"exported schedule: {result.export_path}")
-        weights = json.loads(result.best.schedule_json).get("provenance", {}).get("weights_path")
-        out.print(f"use it: skipsearch sample --model {definition.model} --nfe {definition.nfe} --sampler "
-                  f"{definition.sampler} --schedule {result.export_path}"
-                  + (f" --checkpoint {weights}" if weights else ""))
+                          ray_address=ray_address, settings=settings)

@@ -6,7 +6,7 @@ Optuna does the coordination (a shared RDB study, ``constant_liar`` TPE, pruning
 only places and restarts the workers, so Ray Tune is not used (its Optuna integration disables pruning).
 
 A worker that dies mid-trial leaves that trial RUNNING; once its heartbeat is stale it is failed and the retry
-callback enqueues its parameters once (see :func:`skipsearch.search.optuna_storage`). The driver counts such
+callback enqueues its parameters once (see :func:`skipsearch.search.session.optuna_storage`). The driver counts such
 orphaned trials against the budget until then, so the study ends with exactly its trial count and nothing RUNNING.
 Workers the driver kills (Ctrl-C, an error) have their trials failed and queued again at once.
 
@@ -29,9 +29,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from skipsearch.search import session as search
+from skipsearch.errors import SkipsearchError
 from skipsearch.search.definition import StudyDefinition
+from skipsearch.search.records import TrialRecord
 from skipsearch.search.session import FINISHED, StudySession, count_finished, open_session
+from skipsearch.settings import Settings
 
 __all__ = ["WORKER_ATTR", "TrialWorker", "WorkersError", "run_on_ray"]
 
@@ -41,14 +43,10 @@ POLL_SECONDS = 1.0  # also bounds how long a second Ctrl-C waits: signal handler
 START_POLL_SECONDS = 0.05  # SQLite: how often to look whether a worker's trial has started (see _drive)
 # Per worker: Ray restarts a dead actor (the model is reloaded); its lost trial is retried via the heartbeat.
 MAX_RESTARTS = 2
-WORKER_ATTR = "worker"  # trial user attr "host:pid:suffix" of the worker process running it
-# The driver's settings passed on to the workers, whose nodes may not have them (heartbeat, artifacts, offline mode,
-# weights paths); the storage URL travels as an argument instead, since runtime_env variables show in Ray's dashboard.
-_FORWARD_PREFIX = "SKIPSEARCH_"
-_NOT_FORWARDED = ("SKIPSEARCH_STORAGE", "SKIPSEARCH_TEST_POSTGRES_URL")
+WORKER_ATTR = "worker"  # TrialRecord.worker: "host:pid:suffix" of the worker process running it
 
 
-class WorkersError(RuntimeError):
+class WorkersError(SkipsearchError, RuntimeError):
     """The Ray workers cannot run the study (cluster unreachable, every worker dead); one line, no URL secrets."""
 
 
@@ -59,8 +57,7 @@ class _TaggedObjective:
         self.objective, self.tag = objective, tag
 
     def __call__(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr(WORKER_ATTR, self.tag)
-        trial.set_user_attr("worker_pid", os.getpid())
+        TrialRecord.put(trial, worker=self.tag, worker_pid=os.getpid())
         return self.objective(trial)
 
     def __getattr__(self, name: str) -> Any:
@@ -70,12 +67,13 @@ class _TaggedObjective:
 class TrialWorker:
     """One worker (a Ray actor): the session is opened once, ``step`` runs one trial of the shared study."""
 
-    def __init__(self, definition: StudyDefinition, storage_url: str, device: str, threads: int | None = 1) -> None:
+    def __init__(self, definition: StudyDefinition, storage_url: str, device: str, threads: int | None = 1,
+                 settings: Settings | None = None) -> None:
         import torch
         if threads:
             torch.set_num_threads(threads)  # one CPU slot per worker: more threads would oversubscribe the node
         # The study exists already: load_if_exists joins it; sampler and pruner are rebuilt in this process.
-        self.session = open_session(definition, storage_url=storage_url, device=device)
+        self.session = open_session(definition, storage_url=storage_url, device=device, settings=settings)
         # host:pid names the process for people; the suffix keeps it unique should two nodes share a hostname.
         self._tag = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.session.objective = _TaggedObjective(self.session.objective, self._tag)  # type: ignore[assignment]
@@ -160,10 +158,14 @@ def _check_reachable(address: str, attempts: int = 3, backoff: float = 1.0) -> N
             time.sleep(backoff * 2**attempt)
 
 
-def _worker_options(ray: Any, workers: int) -> tuple[dict[str, Any], str, int | None]:
-    """Actor resources: one GPU each when the cluster has GPUs, else one CPU slot (and one torch thread)."""
+def _worker_options(ray: Any, workers: int, settings: Settings) -> tuple[dict[str, Any], str, int | None]:
+    """Actor resources: one GPU each when the cluster has GPUs, else one CPU slot (and one torch thread).
+
+    The driver's settings go to the workers, whose nodes may not have them; the storage URL travels as an argument
+    instead, since runtime_env variables show in Ray's dashboard.
+    """
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARD_PREFIX) and k not in _NOT_FORWARDED}
+    env = settings.to_env()
     options: dict[str, Any] = {"max_restarts": MAX_RESTARTS, "max_task_retries": 0}
     if env:
         options["runtime_env"] = {"env_vars": env}
@@ -190,10 +192,11 @@ def run_on_ray(session: StudySession, *, workers: int, address: str | None = Non
     slots: list[_Slot] = []
     lost: dict[str, float] = {}  # tags of worker processes seen dying -> when
     try:
-        options, device, threads = _worker_options(ray, workers)
+        options, device, threads = _worker_options(ray, workers, session.settings)
         remote = ray.remote(TrialWorker)
         for _ in range(workers):
-            actor = remote.options(**options).remote(session.definition, session.storage_url, device, threads)
+            actor = remote.options(**options).remote(session.definition, session.storage_url, device, threads,
+                                                     session.settings)
             slots.append(_Slot(actor))
         return _drive(ray, session, slots, lost, on_trial)
     except KeyboardInterrupt:
@@ -205,7 +208,7 @@ def run_on_ray(session: StudySession, *, workers: int, address: str | None = Non
         tags = {slot.tag for slot in slots if slot.tag} | set(lost)
         try:
             _fail_and_retry(session.study, [t for t in session.study.get_trials(deepcopy=False, states=(
-                TrialState.RUNNING,)) if t.user_attrs.get(WORKER_ATTR) in tags])
+                TrialState.RUNNING,)) if TrialRecord.read(t).worker in tags])
         except Exception as exc:  # e.g. the database is gone too: the heartbeat does it on the next run
             log.warning("could not fail the killed workers' trials now (%s); the next run will", _first_line(exc))
         if connected:
@@ -238,7 +241,8 @@ def _drive(ray: Any, session: StudySession, slots: list[_Slot], lost: dict[str, 
     reported = count_finished(study)
     stale_checked = waiting_since = 0.0
     warned = False
-    grace = 3 * search.HEARTBEAT_SECONDS  # as optuna_storage: a trial is stale 3 heartbeats after its last one
+    # As optuna_storage: a trial is stale 3 heartbeats after its last one.
+    grace = 3 * session.settings.heartbeat_seconds
     while True:
         interrupted = bool(getattr(session, "interrupted", False))
         for slot in slots:
@@ -249,8 +253,8 @@ def _drive(ray: Any, session: StudySession, slots: list[_Slot], lost: dict[str, 
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         # RUNNING trials no step in flight owns: a dead worker's (until failed), another driver's. A trial whose
         # attr is not written yet counts for a moment: over-counting delays a call, under-counting would overrun.
-        orphans = [t for t in running if t.user_attrs.get(WORKER_ATTR) not in {s.tag for s in busy}]
-        starting = [s for s in busy if s.tag not in {t.user_attrs.get(WORKER_ATTR) for t in running}]
+        orphans = [t for t in running if TrialRecord.read(t).worker not in {s.tag for s in busy}]
+        starting = [s for s in busy if s.tag not in {TrialRecord.read(t).worker for t in running}]
         remaining = session.remaining()
         if not interrupted:
             free = remaining - len(busy) - len(orphans)
@@ -278,7 +282,7 @@ def _drive(ray: Any, session: StudySession, slots: list[_Slot], lost: dict[str, 
             # A worker killed before its trial's first heartbeat leaves a trial Optuna never sees as stale; Ray
             # told us that process died, so after the same grace its trial is failed and retried here.
             _fail_and_retry(study, [t for t in orphans if time.monotonic() - lost.get(
-                str(t.user_attrs.get(WORKER_ATTR)), math.inf) > grace])
+                str(TrialRecord.read(t).worker), math.inf) > grace])
             waiting_since = waiting_since or time.monotonic()
             if not busy and not warned and time.monotonic() - waiting_since > 3 * grace:
                 warned = True

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from skipsearch.search.session import artifact_dir, optuna_storage
+from skipsearch.settings import Settings
 
 
-def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080, settings: Settings | None = None) -> None:
     """Blocking: serves until interrupted."""
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
-    folder = artifact_dir(storage_url)
+    settings = settings or Settings.from_env()
+    folder = artifact_dir(storage_url, settings)
     folder.mkdir(parents=True, exist_ok=True)
-    run_server(optuna_storage(storage_url), host=host, port=port,
+    run_server(optuna_storage(storage_url, settings.heartbeat_seconds), host=host, port=port,
                artifact_store=FileSystemArtifactStore(str(folder)))

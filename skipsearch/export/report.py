@@ -8,24 +8,26 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from skipsearch.store.best import BestStore
+from skipsearch.search.records import StudyRecord, TrialRecord
+from skipsearch.store import BestStore
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: state, value, parameters, mean rho, rungs, validation, timing."""
-    validated = study.user_attrs.get("validated", {})
+    validated = StudyRecord(study).validated()
     rows = []
     for t in study.get_trials(deepcopy=False):
-        schedule = t.user_attrs.get("schedule", {})
+        record = TrialRecord.read(t)
+        schedule = record.schedule or {}
         rho = np.asarray(schedule.get("rho", [[np.nan]]), dtype=float)
         row = {"trial": t.number, "state": t.state.name, "value": t.value,
-               "validated": validated.get(str(t.number), {}).get("value"),
+               "validated": validated[t.number].value if t.number in validated else None,
                "mean_rho": float(np.nanmean(rho)), "rho_bottom": float(rho[:, 0].mean()),
                "rho_top": float(rho[:, -1].mean()), "eps_scale": schedule.get("eps_scale"),
-               "baseline": t.user_attrs.get("baseline", ""), "fail_reason": t.user_attrs.get("fail_reason", ""),
-               "wall_seconds": t.user_attrs.get("wall_seconds"), "denoiser_calls": t.user_attrs.get("denoiser_calls")}
+               "baseline": record.baseline or "", "fail_reason": record.fail_reason or "",
+               "wall_seconds": record.wall_seconds, "denoiser_calls": record.denoiser_calls}
         row.update({f"param_{k}": v for k, v in t.params.items()})
-        row.update({k: v for k, v in t.user_attrs.items() if k.startswith("proxy_n")})
+        row.update({f"proxy_n{n}": v for n, v in record.rungs.items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -59,7 +61,7 @@ def write_report(study: optuna.Study, store: BestStore, output: str | Path) -> l
     valid = frame.dropna(subset=["validated"])
     ax.scatter(valid.rho_bottom, valid.validated, marker="x", color="C3", label="validated (final n)")
     ax.set_xlabel("rho at the bottom skip point (mean over intervals)")
-    ax.set_ylabel(study.user_attrs.get("definition", {}).get("metric", "proxy"))
+    ax.set_ylabel(StudyRecord(study).definition.get("metric", "proxy"))
     ax.set_title(study.study_name, fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -67,7 +69,7 @@ def write_report(study: optuna.Study, store: BestStore, output: str | Path) -> l
     plt.close(fig)
     written.append(output / "fid_vs_rho.png")
 
-    definition = study.user_attrs.get("definition", {})
+    definition = StudyRecord(study).definition
     rows = [r for r in store.best(definition.get("model"), definition.get("sampler"))
             if r.weights_sha256 == definition.get("weights_sha256")]
     if rows:

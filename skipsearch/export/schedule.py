@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from skipsearch.errors import SkipsearchError
 from skipsearch.schedule.core import SkipSchedule
-from skipsearch.store.best import BestRow, BestStore
+from skipsearch.store import BestRow, BestStore
 
 
-class ExportError(LookupError):
+class ExportError(SkipsearchError, LookupError):
     """No stored best matches the request; the message lists what exists."""
 
 
@@ -17,7 +18,8 @@ def find_best(store: BestStore, model: str, sampler: str | None, nfe: int | None
     if not rows:
         known = ", ".join(sorted({f"{r.model_name}/{r.sampler}/nfe{r.nfe}" for r in store.best()})) or "none"
         raise ExportError(f"no validated best schedule for model={model} sampler={sampler or 'any'} "
-                          f"nfe={nfe or 'any'}; stored: {known}. Run 'skipsearch optimize' first")
+                          f"nfe={nfe if nfe is not None else 'any'}; stored: {known}. "
+                          "Run 'skipsearch optimize' first")
     if len(rows) > 1:
         options = ", ".join(f"--sampler {r.sampler} --nfe {r.nfe}" for r in rows[:6])
         raise ExportError(f"{len(rows)} best schedules match; choose one with {options}")

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from skipsearch.data import SYMMETRIC, DataRange
+from skipsearch.models.errors import ModelError
 from skipsearch.models.hooks import SigmaProbe, SkipPoint, install_observers, install_skip_hooks, scale_output
 from skipsearch.schedule.core import ModelIdentity, ScheduleError, SkipSchedule
 
@@ -49,7 +51,8 @@ class AppliedSchedule:
 class SkipAdapter:
     """A skip-tunable diffusion model. Subclasses set the fields and implement ``_denoise_raw``.
 
-    Conventions: images in [-1,1]; ``denoise(x, sigma, labels)`` returns the data prediction (EDM units);
+    Conventions: ``denoise(x, sigma, labels)`` returns the data prediction in the model's own data units
+    (``data_range`` maps them to images, [-1, 1] by default) with x = x0 + sigma * noise (EDM/VE units);
     ``skip_points`` in decoder order with index 0 = bottom.
     """
 
@@ -60,6 +63,9 @@ class SkipAdapter:
     label_dim: int = 0
     sigma_min: float = 0.002
     sigma_max: float = 80.0
+    data_range: DataRange = SYMMETRIC
+    dataset: str | None = None  # the data set it was trained on, for the proxy's reference ("mnist")
+    spec_digest: str = ""  # what else changes outputs (parametrisation, range, skip table): part of the identity
 
     def __init__(self) -> None:
         self.probe = SigmaProbe()
@@ -79,6 +85,14 @@ class SkipAdapter:
     def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
         return sigma
 
+    def _install_scaling(self, schedule: SkipSchedule) -> list:
+        """Handles (each with ``remove()``) that make the skips follow ``schedule``: consumer pre-hooks here."""
+        return install_skip_hooks(self.consumer_modules(), self.skip_points, schedule, self.probe)
+
+    def _install_observers(self, observe) -> list:
+        """Handles that call ``observe(point, main, skip)`` at every skip point, changing nothing."""
+        return install_observers(self.consumer_modules(), self.skip_points, observe)
+
     def sigma_of_call(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """The sigma of a direct call to ``self.net`` (for schedules applied to a bare network); None if unknown."""
         return None
@@ -88,6 +102,8 @@ class SkipAdapter:
     def identity(self) -> ModelIdentity:
         if self._identity is None:
             sha = self.weights_sha256 or state_dict_sha256(self.net)
+            if self.spec_digest:  # same weights read another way (range, parametrisation, skips) is another model
+                sha = hashlib.sha256(f"{sha}:{self.spec_digest}".encode()).hexdigest()
             self._identity = ModelIdentity(self.name, sha, len(self.skip_points))
         return self._identity
 
@@ -127,7 +143,7 @@ class SkipAdapter:
                                 f"{len(self.skip_points)}")
         if self._applied is not None:
             self._applied.remove()
-        handles = install_skip_hooks(self.consumer_modules(), self.skip_points, schedule, self.probe)
+        handles = self._install_scaling(schedule)
         if schedule.num_intervals > 1:
             handles += self.probe.capture_from(self.net, self.sigma_of_call)
         self._applied = AppliedSchedule(self, schedule, handles)
@@ -147,13 +163,21 @@ class SkipAdapter:
             ratio = skip.flatten(1).norm(dim=1) / main.flatten(1).norm(dim=1).clamp_min(1e-12)
             ratios[point.index] = float(ratio.mean())
 
-        handles = install_observers(self.consumer_modules(), self.skip_points, observe)
+        handles = self._install_observers(observe)
         try:
             self.denoise(x, sigma, class_labels)
         finally:
             for handle in handles:
                 handle.remove()
         return [ratios[p.index] for p in self.skip_points]
+
+    def probe_images(self, n: int, seed: int = 0) -> torch.Tensor:
+        """A batch to measure skip norms on: real test digits for MNIST models, else noise of the data's scale."""
+        if self.dataset == "mnist" and self.img_shape == (1, 28, 28):
+            from skipsearch.data import load_mnist
+            return self.data_range.from_uint8(load_mnist("test")[0][:n])
+        generator = torch.Generator().manual_seed(seed)
+        return self.data_range.from_uint8((torch.rand(n, *self.img_shape, generator=generator) * 255).to(torch.uint8))
 
     def iter_levels(self) -> Iterator[tuple[int, list[SkipPoint]]]:
         """Skip points grouped by resolution, bottom level first."""
@@ -170,6 +194,6 @@ class SkipAdapter:
 
 def check_points(points: Sequence[SkipPoint]) -> None:
     if not points:
-        raise ValueError("the model has no skip points: no decoder module consumes a concatenated skip")
+        raise ModelError("the model has no skip points: no decoder concatenation of an encoder tensor was found")
     if [p.index for p in points] != list(range(len(points))):
-        raise ValueError("skip points must be numbered 0..K-1 in decoder order")
+        raise ModelError("skip points must be numbered 0..K-1 in decoder order")

@@ -1,4 +1,5 @@
-"""Adapter for EDM-family networks (our ``edm_networks`` or any object with EDM's ``model.enc``/``model.dec`` layout)."""
+"""Adapter for EDM-family networks (our ``edm_networks``, or any object with EDM's ``model.enc``/``model.dec``
+layout)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,13 @@
-"""Where a ``SkipSchedule`` touches tensors: the skip scaling and the output (epsilon) scaling.
+"""Where a ``SkipSchedule`` touches tensors: the skip scaling (:func:`scale_skip_tensor`) and the output
+(epsilon) scaling (:func:`scale_output`).
 
-Every adapter (EDM, diffusers, generic) names the modules that consume a concatenation ``cat([main, skip])`` and
-the width of the skip part; ``install_skip_hooks`` puts one forward pre-hook on each, which multiplies the skip
-channels by rho for the sigma of the current call. Scaling the trailing channels of the concatenation is exactly
-the paper's ``concat(u_i, rho_i * d_i)``.
+Two ways lead there, both exactly the paper's ``concat(u_i, rho_i * d_i)``:
+
+* consumer hooks (EDM, diffusers): the adapter names the modules whose input *is* ``cat([main, skip])``;
+  ``install_skip_hooks`` puts a forward pre-hook on each that scales the skip channels of that input;
+* concatenation interception (any other UNet, :mod:`skipsearch.models.generic`): the skip tensor is scaled as it
+  enters ``torch.cat``, so whatever the decoder does after the concatenation (``+ emb``, a norm, attention) sees
+  ``rho * d`` and nothing else is scaled.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ class SkipPoint:
     """One encoder->decoder skip, in decoder order (index 0 = bottom = consumed first)."""
 
     index: int
-    consumer: str  # qualified module name whose input is the concatenation
+    consumer: str  # module whose input is the concatenation (consumer hooks); for intercepted cats, a description
     resolution: int
     main_channels: int
     skip_channels: int
     skip_first: bool = False  # True where the model concatenates cat([skip, main])
     source: str | None = None  # encoder module that produced the skip, where known
+    cat_index: int | None = None  # intercepted: which channel concatenation of the forward (0 = first) ...
+    part: int | None = None  # ... and which of its parts is the skip
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(main, skip) parts of the consumer's input."""
@@ -37,14 +43,27 @@ class SkipPoint:
         return x[:, : x.shape[1] - self.skip_channels], x[:, x.shape[1] - self.skip_channels:]
 
 
-def scale_skip(point: SkipPoint, x: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-    """The one place rho multiplies a skip: returns the consumer input with its skip channels times rho.
+def scale_skip_tensor(skip: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """The one place rho multiplies a skip tensor d_i: ``rho * d_i``.
 
     ``rho`` is [B] (per sample, when a batch mixes sigmas) or [1]. Not in place: the skip tensor may be shared.
     """
+    return skip * rho.to(device=skip.device, dtype=skip.dtype).reshape(-1, 1, 1, 1)
+
+
+def scale_skip(point: SkipPoint, x: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """A consumer's input ``cat([main, skip])`` with its skip channels times rho."""
     main, skip = point.split(x)
-    skip = skip * rho.to(device=x.device, dtype=x.dtype).reshape(-1, 1, 1, 1)
+    skip = scale_skip_tensor(skip, rho)
     return torch.cat([skip, main] if point.skip_first else [main, skip], dim=1)
+
+
+def rho_lookup(schedule: SkipSchedule, probe: SigmaProbe) -> Callable[[int], torch.Tensor]:
+    """``rho(point_index)`` for the denoiser call in progress: a constant per point, or by the call's sigma."""
+    if schedule.num_intervals == 1:
+        constants = {i: torch.tensor([float(schedule.rho[0, i])]) for i in range(schedule.num_skip_points)}
+        return constants.__getitem__
+    return lambda index: schedule.rho_for_sigma(probe.current())[:, index]
 
 
 def scale_output(x: torch.Tensor, denoised: torch.Tensor, eps_scale: float) -> torch.Tensor:
@@ -75,7 +94,8 @@ class SigmaProbe:
                 captured.pop()
                 self.sigma = None
 
-        return [module.register_forward_pre_hook(before, with_kwargs=True), module.register_forward_hook(after, always_call=True)]
+        return [module.register_forward_pre_hook(before, with_kwargs=True),
+                module.register_forward_hook(after, always_call=True)]
 
     def current(self) -> torch.Tensor:
         if self.sigma is None:
@@ -88,17 +108,13 @@ def install_skip_hooks(modules: Sequence[nn.Module], points: Sequence[SkipPoint]
                        probe: SigmaProbe) -> list[RemovableHandle]:
     """One pre-hook per consumer. Points whose rho is 1 in every interval get no hook at all."""
     handles = []
+    rho = rho_lookup(schedule, probe)
     for module, point in zip(modules, points):
         if bool((schedule.rho[:, point.index] == 1.0).all()):
             continue
 
-        if schedule.num_intervals == 1:  # layer-wise: no sigma needed, a constant per point
-            def hook(_module, args, point=point, rho=torch.tensor([float(schedule.rho[0, point.index])])):
-                return (scale_skip(point, args[0], rho), *args[1:])
-        else:
-            def hook(_module, args, point=point):
-                rho = schedule.rho_for_sigma(probe.current())[:, point.index]
-                return (scale_skip(point, args[0], rho), *args[1:])
+        def hook(_module, args, point=point):
+            return (scale_skip(point, args[0], rho(point.index)), *args[1:])
 
         handles.append(module.register_forward_pre_hook(hook))
     return handles

@@ -7,6 +7,7 @@ state is ``x = x_vp / sqrt(abar) = x0 + sigma eps`` with ``sigma = sqrt((1 - aba
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -148,3 +149,55 @@ class EpsilonParametrization:
 
 
 Parametrization = EpsilonParametrization | DataParametrization
+
+
+def alphas_cumprod_for(schedule: str, *, beta_start: float = 1e-4, beta_end: float = 0.02,
+                       num_timesteps: int = 1000) -> torch.Tensor:
+    """abar_t of diffusers' named beta schedules (``linear``, ``scaled_linear``, ``squaredcos_cap_v2``), float64."""
+    if schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+    elif schedule == "scaled_linear":  # Stable Diffusion's: linear in sqrt(beta)
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
+    elif schedule == "squaredcos_cap_v2":  # Nichol & Dhariwal's cosine schedule, betas capped at 0.999
+        def abar(t: float) -> float:
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+        betas = torch.tensor([min(1 - abar((i + 1) / num_timesteps) / abar(i / num_timesteps), 0.999)
+                              for i in range(num_timesteps)], dtype=torch.float64)
+    else:
+        raise ValueError(f"unknown beta schedule {schedule!r}; use linear, scaled_linear or squaredcos_cap_v2")
+    return torch.cumprod(1 - betas, dim=0)
+
+
+# EDM's VP preconditioning constants (Karras et al. 2022, Table 1, after Song et al. 2021).
+_VP_BETA_D, _VP_BETA_MIN, _VP_M = 19.9, 0.1, 1000
+
+
+class PreconditionedParametrization(DataParametrization):
+    """A raw network F(c_in x, c_noise) wrapped as D = c_skip x + c_out F (EDM, VP or VE preconditioning)."""
+
+    KINDS = ("edm", "vp", "ve")
+
+    def __init__(self, kind: str, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown preconditioning {kind!r}; use {', '.join(self.KINDS)}")
+        super().__init__(sigma_min, sigma_max)
+        self.kind, self.sigma_data = kind, float(sigma_data)
+
+    def coefficients(self, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(c_skip, c_out, c_in, c_noise) for sigma ``s`` of shape [B, 1, 1, 1]."""
+        if self.kind == "edm":
+            sd2 = self.sigma_data**2
+            c_skip = sd2 / (s * s + sd2)
+            c_out = s * self.sigma_data / (s * s + sd2).sqrt()
+            c_in = 1 / (s * s + sd2).sqrt()
+            return c_skip, c_out, c_in, s.log() / 4
+        if self.kind == "vp":
+            t = ((_VP_BETA_MIN**2 + 2 * _VP_BETA_D * (s * s).log1p()).sqrt() - _VP_BETA_MIN) / _VP_BETA_D
+            return torch.ones_like(s), -s, 1 / (s * s + 1).sqrt(), (_VP_M - 1) * t
+        return torch.ones_like(s), s, torch.ones_like(s), (0.5 * s).log()
+
+    def denoise(self, fn: ModelFn, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        s = _batch_sigma(sigma, x).to(torch.float64)
+        c_skip, c_out, c_in, c_noise = (c.to(x.dtype) for c in self.coefficients(s.reshape(-1, 1, 1, 1)))
+        out = fn(c_in * x, c_noise.reshape(-1)).to(x.dtype)
+        return c_skip * x + c_out * out

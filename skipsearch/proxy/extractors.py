@@ -26,20 +26,17 @@ import torch.nn.functional as F
 
 from skipsearch.data import to_uint8
 from skipsearch.models.checkpoints import file_sha256
-from skipsearch.proxy.stats import NonFiniteError
+from skipsearch.proxy.errors import ExtractorWeightsError, NonFiniteError, ProxyConfigError
+from skipsearch.registry import Registry
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 MNIST_FEATURES_WEIGHTS = ASSETS / "mnist_features.safetensors"
 MNIST_FEATURES_CARD = ASSETS / "mnist_features.json"
 
 # Environment switches; documented in ExtractorWeightsError messages.
-ENV_FID_WEIGHTS = "SKIPSEARCH_FID_WEIGHTS"
-ENV_OFFLINE = "SKIPSEARCH_OFFLINE"
 DOWNLOAD_TIMEOUT_S = 30.0
 
 
-class ExtractorWeightsError(RuntimeError):
-    """An extractor's weights are missing or do not match their card; the message says what to put where."""
 
 
 def as_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -101,24 +98,22 @@ class FeatureExtractor:
         return features
 
 
+# name -> factory(*, weights_path, device, offline) -> FeatureExtractor
 ExtractorFactory = Callable[..., FeatureExtractor]
-EXTRACTORS: dict[str, ExtractorFactory] = {}
+EXTRACTORS: Registry[ExtractorFactory] = Registry("feature extractor", ProxyConfigError)
 
 
 def register_extractor(name: str) -> Callable[[ExtractorFactory], ExtractorFactory]:
-    """Decorator adding ``factory(*, weights_path, device) -> FeatureExtractor`` to :data:`EXTRACTORS`."""
-    def wrap(factory: ExtractorFactory) -> ExtractorFactory:
-        EXTRACTORS[name] = factory
-        return factory
-    return wrap
+    """Decorator adding ``factory(*, weights_path, device, offline) -> FeatureExtractor`` to :data:`EXTRACTORS`."""
+    return EXTRACTORS.decorator(name)
 
 
-def get_extractor(name: str, *, weights_path: str | os.PathLike | None = None,
-                  device: str | torch.device = "cpu") -> FeatureExtractor:
-    """Build the registered extractor ``name``; ``weights_path`` overrides its default weights."""
-    if name not in EXTRACTORS:
-        raise ValueError(f"unknown feature extractor {name!r}; choose one of {sorted(EXTRACTORS)}")
-    return EXTRACTORS[name](weights_path=None if weights_path is None else Path(weights_path), device=device)
+def get_extractor(name: str, *, weights_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                  offline: bool = False) -> FeatureExtractor:
+    """Build the registered extractor ``name``; ``weights_path`` overrides its default weights; ``offline``
+    forbids downloads."""
+    factory = EXTRACTORS.get(name)
+    return factory(weights_path=None if weights_path is None else Path(weights_path), device=device, offline=offline)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -136,8 +131,8 @@ def inception_hub_path() -> Path:
 
 
 def _missing_inception_message(reason: str) -> str:
-    return (f"{reason}; download {_inception_url()} to {inception_hub_path()}, "
-            f"or set {ENV_FID_WEIGHTS}=/path/to/{inception_hub_path().name}, or pass weights_path")
+    return (f"{reason}; download {_inception_url()} to {inception_hub_path()}, or pass --fid-weights "
+            f"(or set SKIPSEARCH_FID_WEIGHTS) to /path/to/{inception_hub_path().name}")
 
 
 @contextmanager
@@ -149,10 +144,6 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         yield
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def _offline() -> bool:
-    return os.environ.get(ENV_OFFLINE, "").strip().lower() not in ("", "0", "false", "no")
 
 
 class InceptionExtractor(FeatureExtractor):
@@ -170,16 +161,13 @@ class InceptionExtractor(FeatureExtractor):
 
 
 @register_extractor("inception-v3-compat")
-def _build_inception(*, weights_path: Path | None = None, device: str | torch.device = "cpu") -> FeatureExtractor:
-    """Weights: ``weights_path``, else ``$SKIPSEARCH_FID_WEIGHTS``, else the torch hub cache file, else download."""
+def _build_inception(*, weights_path: Path | None = None, device: str | torch.device = "cpu",
+                     offline: bool = False) -> FeatureExtractor:
+    """Weights: ``weights_path`` (``--fid-weights``, ``Settings.fid_weights``), else the torch hub cache file,
+    else a download (unless offline)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    if weights_path is None and os.environ.get(ENV_FID_WEIGHTS):
-        weights_path = Path(os.environ[ENV_FID_WEIGHTS])
-        if not weights_path.is_file():
-            reason = f"{ENV_FID_WEIGHTS}={weights_path} does not exist"
-            raise ExtractorWeightsError(_missing_inception_message(reason))
-    elif weights_path is not None and not weights_path.is_file():
+    if weights_path is not None and not weights_path.is_file():
         raise ExtractorWeightsError(_missing_inception_message(f"Inception weights {weights_path} do not exist"))
     if weights_path is None and inception_hub_path().is_file():
         weights_path = inception_hub_path()
@@ -187,8 +175,8 @@ def _build_inception(*, weights_path: Path | None = None, device: str | torch.de
         net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                           feature_extractor_weights_path=str(weights_path))
     else:
-        if _offline():
-            raise ExtractorWeightsError(_missing_inception_message(f"no Inception weights and {ENV_OFFLINE} is set"))
+        if offline:
+            raise ExtractorWeightsError(_missing_inception_message("no Inception weights and offline mode is on"))
         try:
             with _socket_timeout(DOWNLOAD_TIMEOUT_S), redirect_stdout(sys.stderr):
                 net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], verbose=False)
@@ -300,7 +288,8 @@ def load_card(weights_path: Path) -> dict | None:
 
 
 @register_extractor("mnist-features")
-def _build_mnist(*, weights_path: Path | None = None, device: str | torch.device = "cpu") -> FeatureExtractor:
+def _build_mnist(*, weights_path: Path | None = None, device: str | torch.device = "cpu",
+                 offline: bool = False) -> FeatureExtractor:
     """Weights: ``weights_path``, else the shipped ``skipsearch/assets/mnist_features.safetensors``; the sha256 is
     checked against the card beside the file (mandatory for the shipped one)."""
     from safetensors.torch import load_file

@@ -9,7 +9,6 @@ features accumulate and are never recomputed, and after each rung a callback see
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,48 +18,21 @@ import numpy as np
 import torch
 
 from skipsearch.models.adapter import SkipAdapter
+from skipsearch.proxy.config import ProxyConfig
+from skipsearch.proxy.errors import NonFiniteError, ProxyConfigError
 from skipsearch.proxy.extractors import FeatureExtractor, get_extractor
 from skipsearch.proxy.metrics import fid_infinity, fid_result, kid
 from skipsearch.proxy.stats import (
     DATASETS,
     FeatureStats,
-    NonFiniteError,
     StatsAccumulator,
-    cache_dir,
+    cache_path,
     compute_reference_stats,
     load_npz,
 )
 from skipsearch.sampling.generate import generate
 from skipsearch.schedule.core import SkipSchedule
-
-METRICS = ("fid", "kid", "fid-inf")  # fid-inf: Chong & Forsyth extrapolation to n -> infinity
-
-
-class ProxyConfigError(ValueError):
-    """An impossible proxy setting (metric, rungs, reference)."""
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    """How a schedule is scored. ``ref_path`` (an EDM-style ``.npz`` with mu/sigma) overrides dataset/split."""
-
-    extractor: str = "mnist-features"
-    dataset: str = "mnist"
-    split: str = "train"
-    ref_path: str | None = None
-    rungs: tuple[int, ...] = (250, 500, 1000)
-    metric: str = "fid"
-    seed_offset: int = 0
-    common_random_numbers: bool = True
-    weights_path: str | None = None
-    batch_size: int | None = None
-    kid_subset_size: int = 250
-
-    def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ProxyConfigError(f"unknown proxy metric {self.metric!r}; use one of {', '.join(METRICS)}")
-        if not self.rungs or any(n <= 1 for n in self.rungs) or list(self.rungs) != sorted(set(self.rungs)):
-            raise ProxyConfigError(f"proxy rungs must be increasing image counts > 1, got {list(self.rungs)}")
+from skipsearch.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -92,12 +64,13 @@ class ProxyResult:
         return self.rungs[-1].n
 
 
-def reference_features(extractor: FeatureExtractor, dataset: str, split: str, n: int = 5000) -> np.ndarray:
+def reference_features(extractor: FeatureExtractor, dataset: str, split: str, cache: Path,
+                       n: int = 5000) -> np.ndarray:
     """Features of a fixed random subset of the data set (for KID), cached next to the reference statistics."""
-    path = cache_dir() / f"{dataset}-{split}-{extractor.name}-{extractor.weights_sha256[:16]}-feat{n}.npy"
+    path = cache_path(cache, dataset, split, extractor.name, extractor.weights_sha256).with_suffix(f".feat{n}.npy")
     if path.is_file():
         return np.load(path)
-    images = DATASETS[dataset](split)
+    images = DATASETS.get(dataset)(split)
     index = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:n]
     features = extractor(images[index]).double().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,10 +82,15 @@ class FidProxy:
     """Scores schedules for one (model, sampler, NFE) with one extractor and one reference."""
 
     def __init__(self, adapter: SkipAdapter, *, sampler: str, nfe: int, config: ProxyConfig = ProxyConfig(),
-                 sampler_options: dict | None = None):
+                 sampler_options: dict | None = None, settings: Settings | None = None):
         self.adapter, self.sampler, self.nfe, self.config = adapter, sampler, nfe, config
+        self.settings = settings or Settings.from_env()
         self.sampler_options = sampler_options or {}
-        self.extractor = get_extractor(config.extractor, weights_path=config.weights_path, device=adapter.device)
+        weights = config.weights_path
+        if weights is None and config.extractor == "inception-v3-compat":
+            weights = self.settings.fid_weights
+        self.extractor = get_extractor(config.extractor, weights_path=weights, device=adapter.device,
+                                       offline=self.settings.offline)
         self.ref_stats = self._reference_stats()
         self._ref_features: np.ndarray | None = None
         self._evaluations = 0
@@ -130,7 +108,8 @@ class FidProxy:
                 raise ProxyConfigError(f"reference {self.config.ref_path} has {stats.dim}-d statistics but extractor "
                                  f"{self.extractor.name} gives {self.extractor.dim}-d features")
             return stats
-        return compute_reference_stats(self.config.dataset, self.config.split, self.extractor).stats
+        return compute_reference_stats(self.config.dataset, self.config.split, self.extractor,
+                                       cache=self.settings.cache).stats
 
     def seeds_for(self, n: int, seed_offset: int | None = None) -> range:
         if seed_offset is None:
@@ -192,18 +171,9 @@ class FidProxy:
         if self._ref_features is None:
             if self.config.ref_path is not None:
                 raise ProxyConfigError("KID needs reference features; an .npz of mu/sigma only supports --metric fid")
-            self._ref_features = reference_features(self.extractor, self.config.dataset, self.config.split)
+            self._ref_features = reference_features(self.extractor, self.config.dataset, self.config.split,
+                                                     self.settings.cache)
         features = np.concatenate(all_features)
         size = min(self.config.kid_subset_size, features.shape[0], self._ref_features.shape[0])
         mean, _std = kid(features, self._ref_features, subsets=50, subset_size=size)
         return float(mean), False
-
-
-def default_proxy_config(model_name: str, **overrides) -> ProxyConfig:
-    """The bundled MNIST model uses mnist-features; real-data models use Inception (weights via env or hub)."""
-    if model_name == "edm":
-        return ProxyConfig(**overrides)
-    defaults = {"extractor": "inception-v3-compat", "dataset": model_name}
-    if os.environ.get("SKIPSEARCH_FID_REF"):
-        defaults["ref_path"] = str(Path(os.environ["SKIPSEARCH_FID_REF"]))
-    return ProxyConfig(**{**defaults, **overrides})

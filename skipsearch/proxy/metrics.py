@@ -11,7 +11,8 @@ import torch
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
-from skipsearch.proxy.stats import FeatureStats, NonFiniteError, StatsAccumulator, as_float64
+from skipsearch.proxy.errors import NonFiniteError
+from skipsearch.proxy.stats import FeatureStats, StatsAccumulator, as_float64
 
 
 class RankDeficientWarning(UserWarning):

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Callable, Literal
 import numpy as np
 import torch
 
+from skipsearch.proxy.errors import NonFiniteError, ReferenceStatsError
+from skipsearch.registry import Registry
+
 if TYPE_CHECKING:
     from skipsearch.proxy.extractors import FeatureExtractor
 
@@ -20,14 +23,6 @@ log = logging.getLogger("skipsearch.proxy")
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHIPPED_REFSTATS = {("mnist", "train", "mnist-features"): ASSETS / "mnist_train_refstats.npz"}
-
-
-class NonFiniteError(ValueError):
-    """Features or statistics contain NaN or inf (a diverged sampler, a broken extractor)."""
-
-
-class ReferenceStatsError(ValueError):
-    """A reference statistics file is missing keys, has inconsistent shapes, or non-finite values."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,7 +148,9 @@ def _mnist_images(split: str) -> torch.Tensor:
     return load_mnist(split)[0]
 
 
-DATASETS: dict[str, Callable[[str], torch.Tensor]] = {"mnist": _mnist_images}
+# Data sets a reference can be computed from: name -> split -> uint8 images [N, C, H, W].
+DATASETS: Registry[Callable[[str], torch.Tensor]] = Registry("dataset", ReferenceStatsError)
+DATASETS.register("mnist", _mnist_images)
 
 
 @dataclass(frozen=True)
@@ -165,13 +162,9 @@ class RefStats:
     path: Path
 
 
-def cache_dir() -> Path:
-    """``$SKIPSEARCH_CACHE/refstats``, default ``~/.cache/skipsearch/refstats``."""
-    return Path(os.environ.get("SKIPSEARCH_CACHE", Path.home() / ".cache" / "skipsearch")) / "refstats"
-
-
-def cache_path(dataset: str, split: str, extractor_name: str, weights_sha256: str) -> Path:
-    return cache_dir() / f"{dataset}-{split}-{extractor_name}-{weights_sha256[:16]}.npz"
+def cache_path(cache: Path, dataset: str, split: str, extractor_name: str, weights_sha256: str) -> Path:
+    """``<cache>/refstats/<dataset>-<split>-<extractor>-<sha16>.npz`` (``cache`` is ``Settings.cache``)."""
+    return Path(cache) / "refstats" / f"{dataset}-{split}-{extractor_name}-{weights_sha256[:16]}.npz"
 
 
 def features_of_images(extractor: FeatureExtractor, images: torch.Tensor, chunk: int = 5000) -> StatsAccumulator:
@@ -182,19 +175,19 @@ def features_of_images(extractor: FeatureExtractor, images: torch.Tensor, chunk:
     return acc
 
 
-def compute_reference_stats(dataset: str = "mnist", split: str = "train",
-                            extractor: FeatureExtractor | str = "mnist-features", *,
+def compute_reference_stats(dataset: str, split: str, extractor: FeatureExtractor, *, cache: Path | None = None,
                             refresh: bool = False) -> RefStats:
     """Statistics of a whole data set split under ``extractor``.
 
     The shipped file is used when it matches (same extractor weights); otherwise the cache is consulted and, on a
     miss, the data set is loaded, featurised and the result written to the cache.
     """
-    if isinstance(extractor, str):
-        from skipsearch.proxy.extractors import get_extractor
-        extractor = get_extractor(extractor)
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
+    load_images = DATASETS.get(dataset)
+    if cache is None:
+        from skipsearch.settings import Settings
+        cache = Settings.from_env().cache
+    if split not in ("train", "test"):
+        raise ReferenceStatsError(f"unknown split {split!r} of {dataset}; use train or test")
     meta = {"dataset": dataset, "split": split, "extractor": extractor.name,
             "weights_sha256": extractor.weights_sha256}
     shipped = SHIPPED_REFSTATS.get((dataset, split, extractor.name))
@@ -203,13 +196,13 @@ def compute_reference_stats(dataset: str = "mnist", split: str = "train",
         if stats.meta.get("weights_sha256") == extractor.weights_sha256:
             log.info("reference stats %s/%s/%s: shipped %s", dataset, split, extractor.name, shipped)
             return RefStats(stats, "shipped", shipped)
-    path = cache_path(dataset, split, extractor.name, extractor.weights_sha256)
+    path = cache_path(cache, dataset, split, extractor.name, extractor.weights_sha256)
     if not refresh and path.is_file():
         stats = load_npz(path)
         if stats.meta.get("weights_sha256") == extractor.weights_sha256:
             log.info("reference stats %s/%s/%s: cache hit %s", dataset, split, extractor.name, path)
             return RefStats(stats, "hit", path)
     log.info("reference stats %s/%s/%s: cache miss, computing into %s", dataset, split, extractor.name, path)
-    stats = features_of_images(extractor, DATASETS[dataset](split)).stats(meta)
+    stats = features_of_images(extractor, load_images(split)).stats(meta)
     save_npz(path, stats)
     return RefStats(stats, "miss", path)

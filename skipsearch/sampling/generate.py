@@ -9,15 +9,45 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from skipsearch.data import to_uint8
 from skipsearch.device import autocast, default_batch_size
+from skipsearch.errors import SkipsearchError
 from skipsearch.models.adapter import SkipAdapter
-from skipsearch.sampling.samplers import SeededNoise, get_sampler, sample
+from skipsearch.sampling.noise import SeededNoise
+from skipsearch.sampling.samplers import get_sampler, sample
 from skipsearch.schedule.core import Churn, SkipSchedule
 
 
-class NonFiniteOutputError(RuntimeError):
+class NonFiniteOutputError(SkipsearchError, RuntimeError):
     """The sampler produced NaN/inf images (e.g. an extreme schedule); the trial must fail, not score."""
+
+
+class DegenerateOutputError(SkipsearchError, RuntimeError):
+    """The images are constant, all black/white or saturated: a broken schedule, not a score."""
+
+
+# A batch is degenerate when most of its images are: constant, or with almost every pixel far outside the data
+# range (a clipped image carries no shape a feature extractor could score fairly).
+DEGENERATE_IMAGE_SHARE = 0.9
+SATURATED_PIXEL_SHARE = 0.99
+SATURATION_MARGIN = 0.05  # of the data range; a few percent below black is an ordinary background
+
+
+def degenerate_reason(x: torch.Tensor, images: torch.Tensor, data_range) -> str | None:
+    """Why a batch is degenerate (None if it is not): ``x`` the float samples, ``images`` their uint8 form."""
+    flat = images.flatten(1).float()
+    constant = flat.std(dim=1) == 0
+    unit = data_range.to_unit(x.float()).flatten(1)
+    saturated = ((unit < -SATURATION_MARGIN) | (unit > 1 + SATURATION_MARGIN)).float().mean(dim=1) \
+        > SATURATED_PIXEL_SHARE
+    bad = constant | saturated
+    if bad.float().mean() < DEGENERATE_IMAGE_SHARE:
+        return None
+    if bool(constant.all()):
+        level = float(flat.mean())
+        kind = "all black" if level == 0 else "all white" if level == 255 else f"constant ({level:.0f})"
+        return f"{kind} images"
+    return (f"{int(bad.sum())} of {len(bad)} images constant or saturated (>{SATURATED_PIXEL_SHARE:.0%} of pixels "
+            f"outside the data range {data_range.describe()})")
 
 
 @dataclass
@@ -63,7 +93,12 @@ def generate(adapter: SkipAdapter, *, sampler: str, nfe: int, seeds: Sequence[in
                     bad = [s for s, ok in zip(batch_seeds, torch.isfinite(result.x).flatten(1).all(1)) if not ok]
                     raise NonFiniteOutputError(f"non-finite images for seeds {bad[:5]} (sampler {sampler}, "
                                                f"NFE {nfe}); the schedule is outside the model's stable range")
-                chunks.append(to_uint8(result.x.float()).cpu())
+                images = adapter.data_range.to_uint8(result.x.float()).cpu()
+                reason = degenerate_reason(result.x, images, adapter.data_range)
+                if reason is not None:
+                    raise DegenerateOutputError(f"{reason} (sampler {sampler}, NFE {nfe}, seeds {batch_seeds[0]}.."
+                                                f"{batch_seeds[-1]}); the schedule breaks the model")
+                chunks.append(images)
                 calls += result.nfe
                 if progress is not None:
                     progress(len(batch_seeds))

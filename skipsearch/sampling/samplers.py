@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from skipsearch.errors import SkipsearchError
+from skipsearch.registry import Registry
+from skipsearch.sampling.grids import RoundSigma, karras_sigmas
+from skipsearch.sampling.noise import SeededNoise
 from skipsearch.schedule.core import Churn
 
 __all__ = [
@@ -41,63 +45,6 @@ __all__ = [
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-RoundSigma = Callable[[torch.Tensor], torch.Tensor]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Schedules and noise
-
-
-def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
-                  round_sigma: RoundSigma | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-    """EDM's noise levels (Karras et al. 2022, eq. 5) in float64: ``num_steps`` values from sigma_max to sigma_min,
-    optionally snapped by ``round_sigma``, then a final 0. ``num_steps == 1`` gives ``[sigma_max, 0]``."""
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if not 0 < sigma_min <= sigma_max:
-        raise ValueError(f"need 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-    ramp = torch.arange(num_steps, dtype=torch.float64, device=device) / max(num_steps - 1, 1)
-    max_inv, min_inv = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
-    sigmas = (max_inv + ramp * (min_inv - max_inv)) ** rho
-    if round_sigma is not None:
-        sigmas = torch.as_tensor(round_sigma(sigmas)).to(device=sigmas.device, dtype=torch.float64).reshape(num_steps)
-    return torch.cat([sigmas, sigmas.new_zeros(1)])
-
-
-class SeededNoise:
-    """One ``torch.Generator`` per image, seeded with ``seed % 2**32`` (like EDM's per-image generators).
-
-    Each image's draws depend only on its own seed, so any image is reproducible on its own, in any batch position
-    or batch size, and trials that reuse seeds share their noise (common random numbers).
-    """
-
-    def __init__(self, seeds: Sequence[int], device: torch.device | str | None = None) -> None:
-        if len(seeds) == 0:
-            raise ValueError("SeededNoise needs at least one seed")
-        self.seeds = [int(seed) for seed in seeds]
-        self.device = torch.device(device if device is not None else "cpu")
-        self.generators = [torch.Generator(self.device).manual_seed(seed % 2**32) for seed in self.seeds]
-
-    def __len__(self) -> int:
-        return len(self.generators)
-
-    def randn(self, shape_per_image: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Standard normal draws, [B, *shape_per_image]; float32 by default like ``torch.randn``."""
-        return torch.stack([torch.randn(tuple(shape_per_image), generator=gen, dtype=dtype, device=self.device)
-                            for gen in self.generators])
-
-    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
-        """Standard normal draws shaped and typed like ``x`` (drawn in x's dtype, as EDM's ``randn_like`` does)."""
-        self._check_batch(x.shape[0])
-        return self.randn(x.shape[1:], dtype=x.dtype).to(x.device)
-
-    def randint(self, high: int) -> torch.Tensor:
-        """One integer in [0, high) per image, LongTensor [B] (e.g. class labels)."""
-        return torch.stack([torch.randint(high, (), generator=gen, device=self.device) for gen in self.generators])
-
-    def _check_batch(self, batch: int) -> None:
-        if batch != len(self.generators):
-            raise ValueError(f"batch of {batch} images but SeededNoise holds {len(self.generators)} seeds")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -352,9 +299,21 @@ def _nfe_heun(steps: int) -> int:
     return 2 * steps - 1
 
 
+def _steps_one_per_step(nfe: int) -> int:
+    return nfe
+
+
+def _steps_heun(nfe: int) -> int:
+    # Inverse of 2*steps - 1, rounded up: an even budget gets the step count one call above it.
+    return (nfe + 2) // 2
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A sampler, whether it takes noise (churn or ancestral), and its NFE as a function of the step count."""
+    """A sampler, whether it takes noise (churn or ancestral), and its NFE as a function of the step count.
+
+    ``steps_of_nfe`` inverts ``nfe_of_steps``: the fewest steps whose NFE is at least the given budget.
+    """
 
     name: str
     fn: SamplerFn
@@ -362,35 +321,37 @@ class SamplerSpec:
     nfe_of_steps: Callable[[int], int]
     description: str
     nfe_formula: str = "steps"
+    steps_of_nfe: Callable[[int], int] = _steps_one_per_step
 
 
-SAMPLERS: dict[str, SamplerSpec] = {
-    spec.name: spec
-    for spec in [
-        SamplerSpec("heun", sample_heun, True, _nfe_heun, "EDM Algorithm 2 (Heun, 2nd order) with optional churn",
-                    "2*steps - 1"),
-        SamplerSpec("euler", sample_euler, True, _nfe_one_per_step, "Euler (1st order) with optional EDM churn"),
-        SamplerSpec("dpmpp_2m", sample_dpmpp_2m, False, _nfe_one_per_step, "DPM-Solver++(2M), deterministic"),
-        SamplerSpec("unipc", sample_unipc, False, _nfe_one_per_step,
-                    "UniPC multistep, data prediction (options: order 1-3, variant bh1/bh2)"),
-        SamplerSpec("ddim", sample_ddim, True, _nfe_one_per_step, "DDIM in sigma form (option eta; eta=0 is Euler)"),
-    ]
-}
-
-
-class UnknownSamplerError(ValueError):
+class UnknownSamplerError(SkipsearchError, ValueError):
     """A sampler name that is not in SAMPLERS."""
 
 
-class NFEError(ValueError):
+class NFEError(SkipsearchError, ValueError):
     """An NFE budget that a sampler cannot spend exactly."""
+
+
+SAMPLERS = Registry[SamplerSpec]("sampler", UnknownSamplerError)
+for _spec in (
+    SamplerSpec("heun", sample_heun, True, _nfe_heun, "EDM Algorithm 2 (Heun, 2nd order) with optional churn",
+                "2*steps - 1", _steps_heun),
+    SamplerSpec("euler", sample_euler, True, _nfe_one_per_step, "Euler (1st order) with optional EDM churn"),
+    SamplerSpec("dpmpp_2m", sample_dpmpp_2m, False, _nfe_one_per_step, "DPM-Solver++(2M), deterministic"),
+    SamplerSpec("unipc", sample_unipc, False, _nfe_one_per_step,
+                "UniPC multistep, data prediction (options: order 1-3, variant bh1/bh2)"),
+    SamplerSpec("ddim", sample_ddim, True, _nfe_one_per_step, "DDIM in sigma form (option eta; eta=0 is Euler)"),
+):
+    SAMPLERS.register(_spec.name, _spec)
+del _spec
 
 
 def get_sampler(name: str) -> SamplerSpec:
     """The registered sampler called ``name``."""
     try:
-        return SAMPLERS[name]
-    except KeyError:
+        return SAMPLERS.get(name)
+    except UnknownSamplerError:
+        # The registry's own message says "known:"; this one has always said "known samplers:".
         raise UnknownSamplerError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLERS)}") from None
 
 
@@ -403,9 +364,7 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
         raise NFEError(f"NFE must be a positive integer, got {nfe!r}") from None
     if isinstance(nfe, bool) or budget <= 0:
         raise NFEError(f"NFE must be a positive integer, got {nfe!r}")
-    steps = 1
-    while spec.nfe_of_steps(steps) < budget:
-        steps += 1
+    steps = max(1, spec.steps_of_nfe(budget))  # computed, not searched: a huge budget must not hang
     if spec.nfe_of_steps(steps) == budget:
         return steps
     options = [spec.nfe_of_steps(n) for n in (steps - 1, steps) if n >= 1]

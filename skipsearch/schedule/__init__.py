@@ -1,15 +1,34 @@
-"""Stage 1, the schedule: which rho multiplies each skip point, per sigma interval (``SkipSchedule``)."""
+"""Stage 1, the schedule: which rho multiplies each skip point, per sigma interval (``SkipSchedule``).
 
-from skipsearch.schedule.core import (
-    EPS_SCALE_RANGE,
-    LAYER_WISE_BOUNDS,
-    RHO_RANGE,
-    SCHEMA,
-    Churn,
-    ModelIdentity,
-    ScheduleError,
-    SkipSchedule,
-)
+The public names are loaded on first use (PEP 562), so ``import skipsearch.schedule.limits`` stays free of numpy
+and torch for code that only needs the ranges.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from skipsearch.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from skipsearch.schedule.codec import SCHEMA
+    from skipsearch.schedule.core import Churn, ModelIdentity, SkipSchedule
+    from skipsearch.schedule.limits import EPS_SCALE_RANGE, LAYER_WISE_BOUNDS, RHO_RANGE
+    from skipsearch.schedule.validation import ScheduleError
+
+_HOMES = {
+    "EPS_SCALE_RANGE": "limits",
+    "LAYER_WISE_BOUNDS": "limits",
+    "RHO_RANGE": "limits",
+    "SCHEMA": "codec",
+    "Churn": "core",
+    "ModelIdentity": "core",
+    "ScheduleError": "validation",
+    "SkipSchedule": "core",
+}
 
 __all__ = ["EPS_SCALE_RANGE", "LAYER_WISE_BOUNDS", "RHO_RANGE", "SCHEMA", "Churn", "ModelIdentity", "ScheduleError",
            "SkipSchedule"]
+
+
+__getattr__ = lazy_exports(__name__, _HOMES)

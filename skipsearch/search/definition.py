@@ -1,4 +1,7 @@
-"""Study definitions: one readable TOML file per study kind (``studies/``), overridden by command-line flags."""
+"""Study definitions: one readable TOML file per study kind (``studies/``), overridden by command-line flags.
+
+Torch-free: loading or validating a study file imports neither torch nor the models.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +9,47 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomllib
 
-from skipsearch.proxy.fid_proxy import ProxyConfig
-from skipsearch.search.spaces import SpaceBounds
+from skipsearch.errors import SkipsearchError
+from skipsearch.proxy.config import ProxyConfig
+from skipsearch.schedule.limits import EPS_SCALE_RANGE, RHO_RANGE
+from skipsearch.search.strategies import OPTUNA_SAMPLERS, PRUNERS
 
-# The repository's studies/ folder (an installed wheel falls back to the built-in defaults below).
+if TYPE_CHECKING:
+    from skipsearch.settings import Settings
+
+# Study files ship inside the package (skipsearch/studies is the repository's studies/ folder, linked).
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
-OPTUNA_SAMPLERS = ("tpe", "gp", "cmaes", "random")
-PRUNERS = ("successive-halving", "hyperband", "median", "aggressive", "none")
 
 
-class StudyDefinitionError(ValueError):
+class StudyDefinitionError(SkipsearchError, ValueError):
     """A malformed study file or an impossible combination; the message names the file and field."""
+
+
+@dataclass(frozen=True)
+class SpaceBounds:
+    """Parameter ranges; the paper's defaults (rho in [0.3, 1.0], churn in [0, 40])."""
+
+    rho_min: float = 0.3
+    rho_max: float = 1.0
+    churn_max: float = 40.0
+    eps_min: float = 1.0
+    eps_max: float = 1.03
+    num_intervals: int = 3
+    search_churn: bool = True
+
+    def __post_init__(self) -> None:
+        lo, hi = RHO_RANGE
+        if not lo <= self.rho_min < self.rho_max <= hi:
+            raise ValueError(f"rho range [{self.rho_min}, {self.rho_max}] must satisfy {lo:g} <= min < max <= {hi:g}")
+        lo, hi = EPS_SCALE_RANGE
+        if not lo <= self.eps_min <= self.eps_max <= hi:
+            raise ValueError(f"eps-scale range [{self.eps_min}, {self.eps_max}] must lie in [{lo:g}, {hi:g}]")
+        if self.churn_max < 0 or self.num_intervals < 1:
+            raise ValueError("churn_max must be >= 0 and num_intervals >= 1")
 
 
 @dataclass(frozen=True)
@@ -46,6 +75,7 @@ class StudyDefinition:
     trials: int = 16
     name: str | None = None
     checkpoint: str | None = None
+    trust_pickle: bool = False  # a .pkl checkpoint may be loaded (pickles can run code)
     space_bounds: SpaceBounds = SpaceBounds()
     proxy: ProxyConfig = ProxyConfig()
     search: SearchConfig = SearchConfig()
@@ -84,7 +114,7 @@ def parse_study(data: dict[str, Any], source: str) -> StudyDefinition:
                                    "[proxy], [search], [sampler_options]")
     kwargs: dict[str, Any] = {"source": source}
     study = data.get("study", {})
-    allowed = {"model", "sampler", "nfe", "space", "trials", "name", "checkpoint"}
+    allowed = {"model", "sampler", "nfe", "space", "trials", "name", "checkpoint", "trust_pickle"}
     for key, value in study.items():
         if key not in allowed:
             raise StudyDefinitionError(f"{source}: [study] has no field {key!r}; known: {sorted(allowed)}")
@@ -133,16 +163,27 @@ def load_study_file(path: str | os.PathLike) -> StudyDefinition:
     return parse_study(data, str(path))
 
 
-def default_study(model: str, sampler: str | None = None, nfe: int | None = None) -> StudyDefinition:
-    """The most specific file in studies/: ``{model}-{sampler}-nfe{nfe}``, ``{model}-nfe{nfe}``, ``{model}``."""
-    folder = Path(os.environ.get("SKIPSEARCH_STUDIES", STUDIES_DIR))
+def default_study(model: str, sampler: str | None = None, nfe: int | None = None, *,
+                  settings: Settings | None = None) -> StudyDefinition:
+    """The most specific study file: ``{model}-{sampler}-nfe{nfe}``, ``{model}-nfe{nfe}``, ``{model}``, looked up
+    in ``Settings.studies`` (``$SKIPSEARCH_STUDIES``) and then in the shipped studies; else the built-in defaults."""
+    folders = [f for f in ((settings.studies if settings else None), STUDIES_DIR) if f is not None]
+    model = _study_key(model)
     names = []
     if sampler and nfe:
         names.append(f"{model}-{sampler}-nfe{nfe}.toml")
     if nfe:
         names.append(f"{model}-nfe{nfe}.toml")
     names.append(f"{model}.toml")
-    for name in names:
-        if (folder / name).is_file():
-            return load_study_file(folder / name)
+    for folder in folders:
+        for name in names:
+            if (folder / name).is_file():
+                return load_study_file(folder / name)
     return StudyDefinition(model=model)
+
+
+def _study_key(model: str) -> str:
+    """The study-file stem for a model spec: a name as is, a model file by its stem, others by a safe name."""
+    if model.endswith(".toml"):
+        return Path(model).stem
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in model.removeprefix("diffusers:")).strip("-.")

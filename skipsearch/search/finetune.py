@@ -1,12 +1,13 @@
 """Trial kind ``finetune-s2dm``: each trial fine-tunes a copy of the session's model with the S²-DM loss.
 
 Optuna suggests tau, skip and lr (spaces ``s2dm`` and ``s2dm+linear``, the latter with the linear rho pair; ranges in
-``skipsearch.search.spaces``). A trial copies the model, fine-tunes it on the proxy's data set (MNIST for the bundled model)
+``skipsearch.search.spaces``). A trial copies the model, fine-tunes it on the proxy's data set (MNIST for the
+bundled model)
 for a fixed budget of optimiser steps, and after each segment of steps scores the EMA weights with the study's FID
 proxy (same sampler, NFE and seeds) at one fixed n, the last proxy rung. The value is reported with the *training
 step* as the pruning step, so a bad (tau, skip, lr) stops early. The trial's value is the proxy of the final weights.
 
-Budget (environment, read when the objective is built; no study-file section exists for it):
+Budget (``Settings``, from the environment; no study-file section exists for it):
 
 - ``SKIPSEARCH_S2DM_STEPS``    optimiser steps per trial (default 200)
 - ``SKIPSEARCH_S2DM_SEGMENTS`` proxy evaluations per trial, evenly spaced (default 4)
@@ -31,7 +32,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -50,12 +51,14 @@ from skipsearch.proxy.fid_proxy import FidProxy, ProxyResult
 from skipsearch.schedule.core import ModelIdentity, SkipSchedule
 from skipsearch.search.definition import SearchConfig, StudyDefinitionError
 from skipsearch.search.objective import TRIAL_FAILURES, Objective
+from skipsearch.search.records import StudyRecord, TrialRecord
 from skipsearch.search.spaces import SearchSpace
+from skipsearch.search.validation import validation_candidates
+from skipsearch.settings import Settings
 from skipsearch.training.loop import TrainConfig, TrainResult, train
 from skipsearch.training.s2dm import S2DMLoss
 
 TRIAL_KIND = "finetune-s2dm"
-ENV_STEPS, ENV_SEGMENTS, ENV_BATCH = "SKIPSEARCH_S2DM_STEPS", "SKIPSEARCH_S2DM_SEGMENTS", "SKIPSEARCH_S2DM_BATCH"
 DEFAULT_STEPS, DEFAULT_SEGMENTS, DEFAULT_BATCH = 200, 4, 32
 CARD_KEY = "skipsearch.card"
 
@@ -78,18 +81,9 @@ class FinetuneBudget:
                 raise StudyDefinitionError(f"fine-tune {name} must be a positive integer, got {value!r}")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> FinetuneBudget:
-        """The defaults, overridden by ``SKIPSEARCH_S2DM_STEPS`` / ``_SEGMENTS`` / ``_BATCH``."""
-        values: dict[str, int] = {}
-        for name, var in (("steps", ENV_STEPS), ("segments", ENV_SEGMENTS), ("batch_size", ENV_BATCH)):
-            text = environ.get(var)
-            if text is None or not text.strip():
-                continue
-            try:
-                values[name] = int(text)
-            except ValueError:
-                raise StudyDefinitionError(f"{var}={text!r} must be a positive integer") from None
-        return cls(**values)
+    def from_settings(cls, settings: Settings) -> FinetuneBudget:
+        """``SKIPSEARCH_S2DM_STEPS`` / ``_SEGMENTS`` / ``_BATCH``, as read by :class:`Settings`."""
+        return cls(steps=settings.s2dm_steps, segments=settings.s2dm_segments, batch_size=settings.s2dm_batch)
 
     @property
     def log_every(self) -> int:
@@ -185,14 +179,14 @@ class FinetuneObjective(Objective):
                                    f"{proxy.config.dataset!r} is not available "
                                    f"(known: {', '.join(sorted(DATASETS))})")
         self.study, self.search, self.weights_dir = study, search, Path(weights_dir)
-        self.budget = budget if budget is not None else FinetuneBudget.from_env()
+        self.budget = budget if budget is not None else FinetuneBudget.from_settings(Settings.from_env())
         self.eval_n = proxy.config.rungs[-1]
         self._images = images
         self._validated: dict[int, float] = {}
-        # Pruning steps are training steps here, not image counts: rebuild the study's pruner (same kind and
-        # settings) on the segment steps so successive halving / hyperband rungs fall on steps that are reported.
-        from skipsearch.search.session import make_pruner
-        study.pruner = make_pruner(search, tuple(self.budget.segment_steps()))
+
+    def pruning_steps(self) -> tuple[int, ...]:
+        """Training steps, not image counts: successive halving / hyperband rungs fall on the reported segments."""
+        return tuple(self.budget.segment_steps())
 
     # --- helpers ----------------------------------------------------------------------------------------------------
     def training_images(self) -> torch.Tensor:
@@ -218,10 +212,8 @@ class FinetuneObjective(Objective):
         # Until the weights exist the schedule names no model (a pruned trial has none to name).
         pending = rho_part.with_metadata(sampler=self.proxy.sampler, nfe=self.proxy.nfe,
                                          provenance=self._provenance(trial, {"weights_path": None}))
-        trial.set_user_attr("schedule", pending.to_dict())
-        trial.set_user_attr("nfe", self.proxy.nfe)
-        trial.set_user_attr("sampler", self.proxy.sampler)
-        trial.set_user_attr("trial_kind", self.kind)
+        TrialRecord.put(trial, schedule=pending.to_dict(), nfe=self.proxy.nfe, sampler=self.proxy.sampler,
+                        trial_kind=self.kind)
         images = self.training_images()
         state: dict[str, Any] = {"eval_seconds": 0.0, "calls": 0, "result": None, "adapter": None}
         last_step = self.budget.segment_steps()[-1]
@@ -236,10 +228,9 @@ class FinetuneObjective(Objective):
             state["calls"] += result.denoiser_calls
             state["result"] = result
             trial.report(result.value, step=step)
-            trial.set_user_attr(f"proxy_step{step}", result.value)
-            trial.set_user_attr(f"loss_step{step}", loss)
+            TrialRecord.put(trial, steps={step: result.value}, losses={step: loss})
             if trial.should_prune():
-                trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 3))
+                TrialRecord.put(trial, wall_seconds=round(time.perf_counter() - start, 3))
                 raise optuna.TrialPruned(f"pruned at step {step} ({self.proxy.config.metric} {result.value:.3f})")
 
         try:
@@ -248,7 +239,7 @@ class FinetuneObjective(Objective):
                                         sigma_max=self.adapter.sigma_max, device=self.adapter.device,
                                         on_segment=on_segment, **hp)
         except TRIAL_FAILURES as exc:
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            TrialRecord.put(trial, fail_reason=f"{type(exc).__name__}: {exc}")
             raise
         result: ProxyResult = state["result"]
         train_seconds = round(run.wall_seconds - state["eval_seconds"], 3)
@@ -264,29 +255,19 @@ class FinetuneObjective(Objective):
         schedule = rho_part.with_metadata(model=identity, sampler=self.proxy.sampler, nfe=self.proxy.nfe,
                                           provenance=self._provenance(trial, {"weights_path": str(path.resolve()),
                                                                               "finetune": finetune_info}))
-        trial.set_user_attr("schedule", schedule.to_dict())
-        trial.set_user_attr("weights_sha256", sha)
-        trial.set_user_attr("train_seconds", train_seconds)
-        trial.set_user_attr("seeds", f"{result.seeds[0]}-{result.seeds[1] - 1}")
-        trial.set_user_attr("denoiser_calls", state["calls"])
-        trial.set_user_attr("extractor", result.extractor)
-        trial.set_user_attr(f"proxy_n{result.n}", result.value)
-        trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 3))
+        TrialRecord.put(trial, schedule=schedule.to_dict(), weights_sha256=sha, train_seconds=train_seconds,
+                        seeds=f"{result.seeds[0]}-{result.seeds[1] - 1}", denoiser_calls=state["calls"],
+                        extractor=result.extractor, rungs={result.n: result.value},
+                        wall_seconds=round(time.perf_counter() - start, 3))
         if self.artifact_store is not None and result.preview is not None:
             self._upload_grid(trial, result.preview)
-        self.drop_weights(current=(trial.number, result.value, bool(trial.user_attrs.get("baseline"))))
+        self.drop_weights(current=(trial.number, result.value, bool(TrialRecord.read(trial).baseline)))
         return result.value
 
     # --- which weights are kept -------------------------------------------------------------------------------------
     def validation_candidates(self, extra: tuple[int, float, bool] | None = None) -> list[int]:
         """Trial numbers validation will re-score: the top ``validate_top_k`` complete trials and the baselines."""
-        complete = [(t.number, t.value, bool(t.user_attrs.get("baseline")))
-                    for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if t.value is not None and math.isfinite(t.value)]
-        if extra is not None and math.isfinite(extra[1]):
-            complete.append(extra)
-        ranked = [n for n, _, _ in sorted(complete, key=lambda row: row[1])[:self.search.validate_top_k]]
-        return ranked + [n for n, _, baseline in complete if baseline and n not in ranked]
+        return validation_candidates(self.study.get_trials(deepcopy=False), self.search.validate_top_k, extra)
 
     def drop_weights(self, current: tuple[int, float, bool] | None = None,
                      keep: set[int] | None = None) -> list[Path]:
@@ -308,8 +289,8 @@ class FinetuneObjective(Objective):
     def _after_validation(self, number: int, value: float) -> None:
         """Once every candidate has a validated value, keep only the best one's weights."""
         self._validated[number] = value
-        values = {int(k): v.get("value", math.inf) for k, v in self.study.user_attrs.get("validated", {}).items()
-                  if v.get("n") == self.search.final_n}
+        values = {k: v.value if v.value is not None else math.inf
+                  for k, v in StudyRecord(self.study).validated().items() if v.n == self.search.final_n}
         values.update(self._validated)
         candidates = self.validation_candidates()
         if candidates and all(n in values for n in candidates):
@@ -319,7 +300,7 @@ class FinetuneObjective(Objective):
     # --- validation -------------------------------------------------------------------------------------------------
     def proxy_for_validation(self, trial: FrozenTrial) -> FidProxy:
         """The proxy on the trial's saved fine-tuned weights (checked against the schedule's sha256)."""
-        schedule = SkipSchedule.from_dict(trial.user_attrs["schedule"])
+        schedule = SkipSchedule.from_dict(TrialRecord.read(trial).schedule)
         path = schedule.provenance.get("weights_path")
         if not path or not Path(path).is_file():
             raise CheckpointError(f"the fine-tuned weights of trial {trial.number} are gone ({path}); only the top "
@@ -337,5 +318,5 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(metadata.get(CARD_KEY, "{}"))
 
 
-__all__ = ["TRIAL_KIND", "ENV_STEPS", "ENV_SEGMENTS", "ENV_BATCH", "FinetuneBudget", "FinetuneObjective",
+__all__ = ["TRIAL_KIND", "FinetuneBudget", "FinetuneObjective",
            "finetune_network", "save_finetuned", "read_card", "training_images"]

@@ -1,4 +1,4 @@
-"""The objective of one trial: Optuna parameters -> schedule -> proxy rungs (reported for pruning) -> value."""
+"""Where a trial is scored: Optuna parameters -> schedule -> proxy rungs (reported for pruning) -> value."""
 
 from __future__ import annotations
 
@@ -12,15 +12,16 @@ import torch
 
 from skipsearch.export.images import save_grid
 from skipsearch.models.adapter import SkipAdapter
+from skipsearch.proxy.errors import NonFiniteError
 from skipsearch.proxy.fid_proxy import FidProxy, RungResult
-from skipsearch.proxy.stats import NonFiniteError
-from skipsearch.sampling.generate import NonFiniteOutputError
+from skipsearch.sampling.generate import DegenerateOutputError, NonFiniteOutputError
 from skipsearch.schedule.core import SkipSchedule
+from skipsearch.search.records import TrialRecord
 from skipsearch.search.spaces import SearchSpace
 
 # Failures that belong to a trial (its schedule), not to the study: the trial is FAIL and the study goes on.
-TRIAL_FAILURES: tuple[type[BaseException], ...] = (NonFiniteOutputError, NonFiniteError, torch.OutOfMemoryError,
-                                                     MemoryError)
+TRIAL_FAILURES: tuple[type[BaseException], ...] = (NonFiniteOutputError, DegenerateOutputError, NonFiniteError,
+                                                     torch.OutOfMemoryError, MemoryError)
 
 
 class Objective:
@@ -30,6 +31,10 @@ class Objective:
                  artifact_store: Any | None = None):
         self.adapter, self.proxy, self.space, self.space_name = adapter, proxy, space, space_name
         self.artifact_store = artifact_store
+
+    def pruning_steps(self) -> tuple[int, ...]:
+        """The steps this objective reports to the pruner: the proxy rungs (image counts)."""
+        return tuple(self.proxy.config.rungs)
 
     def proxy_for_validation(self, trial: optuna.trial.FrozenTrial) -> FidProxy:
         """The proxy that re-scores ``trial`` (objectives that change the model return one bound to its weights)."""
@@ -43,28 +48,24 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         start = time.perf_counter()
         schedule = self.schedule_for(trial)
-        trial.set_user_attr("schedule", schedule.to_dict())
-        trial.set_user_attr("nfe", self.proxy.nfe)
-        trial.set_user_attr("sampler", self.proxy.sampler)
+        TrialRecord.put(trial, schedule=schedule.to_dict(), nfe=self.proxy.nfe, sampler=self.proxy.sampler)
 
         def on_rung(_index: int, rung: RungResult) -> None:
             trial.report(rung.value, step=rung.n)
-            trial.set_user_attr(f"proxy_n{rung.n}", rung.value)
+            TrialRecord.put(trial, rungs={rung.n: rung.value})
             if trial.should_prune():
-                trial.set_user_attr("wall_seconds", time.perf_counter() - start)
+                TrialRecord.put(trial, wall_seconds=round(time.perf_counter() - start, 3))
                 raise optuna.TrialPruned(f"pruned at n={rung.n} ({self.proxy.config.metric} {rung.value:.3f})")
 
         try:
             result = self.proxy.evaluate(schedule, on_rung=on_rung)
         except TRIAL_FAILURES as exc:
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            TrialRecord.put(trial, fail_reason=f"{type(exc).__name__}: {exc}")
             raise
-        trial.set_user_attr("seeds", f"{result.seeds[0]}-{result.seeds[1] - 1}")
-        trial.set_user_attr("denoiser_calls", result.denoiser_calls)
-        trial.set_user_attr("sampling_seconds", round(result.sampling_seconds, 3))
-        trial.set_user_attr("feature_seconds", round(result.feature_seconds, 3))
-        trial.set_user_attr("extractor", result.extractor)
-        trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 3))
+        TrialRecord.put(trial, seeds=f"{result.seeds[0]}-{result.seeds[1] - 1}", denoiser_calls=result.denoiser_calls,
+                        sampling_seconds=round(result.sampling_seconds, 3),
+                        feature_seconds=round(result.feature_seconds, 3), extractor=result.extractor,
+                        wall_seconds=round(time.perf_counter() - start, 3))
         if self.artifact_store is not None and result.preview is not None:
             self._upload_grid(trial, result.preview)
         return result.value
@@ -75,4 +76,4 @@ class Objective:
             path = save_grid(images, Path(folder) / f"trial-{trial.number}-samples.png", scale=2)
             artifact_id = upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
                                           study_or_trial=trial, mimetype="image/png")
-        trial.set_user_attr("sample_grid_artifact", artifact_id)
+        TrialRecord.put(trial, sample_grid_artifact=artifact_id)

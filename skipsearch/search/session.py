@@ -1,12 +1,15 @@
-"""The Optuna side: samplers and pruners (small registries), the study per (model, sampler, NFE, space), baselines,
-warm start, the trial budget, and the winner's-curse validation of the top trials.
+"""The study session: everything one process needs to run trials of a study and validate them.
+
+``open_session`` builds the chain once per process: model adapter -> proxy -> search space -> objective ->
+Optuna study (created or resumed in the shared storage), with a sampler and a pruner from
+:mod:`skipsearch.search.strategies`. Trials are scored in :mod:`skipsearch.search.objective`; validated results
+are written by :mod:`skipsearch.search.validation`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,68 +23,39 @@ from skipsearch.device import resolve_device
 from skipsearch.models import SkipAdapter, load_model
 from skipsearch.proxy.fid_proxy import FidProxy
 from skipsearch.sampling.samplers import get_sampler, steps_for_nfe
-from skipsearch.schedule.core import SkipSchedule
-from skipsearch.search.definition import SearchConfig, StudyDefinition
+from skipsearch.search import validation
+from skipsearch.search.definition import StudyDefinition
 from skipsearch.search.objective import TRIAL_FAILURES, Objective
+from skipsearch.search.records import StudyRecord
 from skipsearch.search.spaces import SearchSpace, SpaceContext, baselines, check_space_name, get_space
-from skipsearch.store.best import BestKey, BestStore, StoreError, Validation, default_storage_url, redact_url
+from skipsearch.search.strategies import make_pruner, make_sampler
+from skipsearch.settings import Settings
+from skipsearch.store import BestKey, BestStore, StoreError, default_storage_url, redact_url
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-HEARTBEAT_SECONDS = int(os.environ.get("SKIPSEARCH_HEARTBEAT_SECONDS", "10"))
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-# --------------------------------------------------------------------------------------------------------------------
-# Registries (Optuna's own classes; we only choose their settings).
-
-
-def make_sampler(config: SearchConfig, num_params_hint: int = 2) -> optuna.samplers.BaseSampler:
-    startup = max(4, min(10, 2 * num_params_hint))
-    factories: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=config.seed, multivariate=True, n_startup_trials=startup,
-                                                  constant_liar=True),
-        "gp": lambda: optuna.samplers.GPSampler(seed=config.seed, n_startup_trials=startup),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=config.seed, n_startup_trials=startup,
-                                                      warn_independent_sampling=False),
-        "random": lambda: optuna.samplers.RandomSampler(seed=config.seed),
-    }
-    return factories[config.sampler]()
-
-
-def make_pruner(config: SearchConfig, rungs: tuple[int, ...]) -> optuna.pruners.BasePruner:
-    """Pruners act on the proxy rungs; steps are image counts. Not stored with the study: built per process."""
-    factories: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
-        "successive-halving": lambda: optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=rungs[0], reduction_factor=config.reduction_factor),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(
-            min_resource=rungs[0], max_resource=rungs[-1], reduction_factor=config.reduction_factor),
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
-        # For tests and tiny budgets: anything worse than the best trial so far at a rung stops.
-        "aggressive": lambda: optuna.pruners.PercentilePruner(1.0, n_startup_trials=1, n_warmup_steps=0),
-        "none": optuna.pruners.NopPruner,
-    }
-    return factories[config.pruner]()
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Storage.
 
 
-def artifact_dir(storage_url: str) -> Path:
-    """Trial artifacts (sample grids) beside a SQLite file, else ``$SKIPSEARCH_ARTIFACTS`` / ``~/.skipsearch``."""
-    if os.environ.get("SKIPSEARCH_ARTIFACTS"):
-        return Path(os.environ["SKIPSEARCH_ARTIFACTS"])
+def artifact_dir(storage_url: str, settings: Settings | None = None) -> Path:
+    """Trial artifacts: ``Settings.artifacts``, else beside a SQLite file, else ``<home>/artifacts``."""
+    settings = settings or Settings.from_env()
+    if settings.artifacts is not None:
+        return settings.artifacts
     if storage_url.startswith("sqlite:///"):
         return Path(storage_url.removeprefix("sqlite:///")).expanduser().resolve().parent / "artifacts"
-    return Path(os.environ.get("SKIPSEARCH_HOME", "~/.skipsearch")).expanduser() / "artifacts"
+    return settings.home / "artifacts"
 
 
-def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+def optuna_storage(url: str, heartbeat_seconds: int = 10) -> optuna.storages.RDBStorage:
     """RDB storage with heartbeat: a dead worker's RUNNING trial is failed and its parameters retried once."""
     try:
         with warnings.catch_warnings():  # heartbeat and its retry callback are flagged experimental by Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=3 * HEARTBEAT_SECONDS,
+                url, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
                 engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
     except Exception as exc:  # sqlalchemy/driver errors vary; the store has already checked connectivity
@@ -101,7 +75,7 @@ def count_finished(study: optuna.Study) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The study session: everything one process needs to run and validate trials.
+# The session.
 
 
 @dataclass
@@ -113,21 +87,26 @@ class StudySession:
     study: optuna.Study
     store: BestStore
     storage_url: str
+    settings: Settings = field(default_factory=Settings)
     objective: Objective = field(init=False)
+    interrupted: bool = False
 
     def __post_init__(self) -> None:
         from optuna.artifacts import FileSystemArtifactStore
-        folder = artifact_dir(self.storage_url)
+        folder = artifact_dir(self.storage_url, self.settings)
         folder.mkdir(parents=True, exist_ok=True)
         store = FileSystemArtifactStore(str(folder))
-        if self.space.finetune:  # S²-DM spaces: each trial fine-tunes a copy of the model (imported lazily)
-            from skipsearch.search.finetune import FinetuneObjective
+        if self.space.finetune:  # S²-DM spaces: each trial fine-tunes a copy of the model
+            from skipsearch.search.finetune import FinetuneBudget, FinetuneObjective
             self.objective = FinetuneObjective(self.adapter, self.proxy, self.space, space_name=self.definition.space,
                                                artifact_store=store, study=self.study, search=self.definition.search,
-                                               weights_dir=folder / "s2dm" / self.study.study_name)
-            return
-        self.objective = Objective(self.adapter, self.proxy, self.space, space_name=self.definition.space,
-                                   artifact_store=store)
+                                               weights_dir=folder / "s2dm" / self.study.study_name,
+                                               budget=FinetuneBudget.from_settings(self.settings))
+        else:
+            self.objective = Objective(self.adapter, self.proxy, self.space, space_name=self.definition.space,
+                                       artifact_store=store)
+        # The objective says which steps it reports (image counts, or training steps for fine-tuning trials).
+        self.study.pruner = make_pruner(self.definition.search, self.objective.pruning_steps())
 
     @property
     def key(self) -> BestKey:
@@ -142,64 +121,20 @@ class StudySession:
         self.study.optimize(self.objective, n_trials=n_trials, catch=TRIAL_FAILURES,
                             callbacks=[budget, *(callbacks or [])])
 
-    # --- validation -------------------------------------------------------------------------------------------------
-    def candidates(self, top_k: int) -> list[FrozenTrial]:
-        complete = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if t.value is not None and math.isfinite(t.value)]
-        ranked = sorted(complete, key=lambda t: t.value)
-        chosen = ranked[:top_k]
-        for trial in complete:  # the baselines are always validated: the lift is reported against them
-            if trial.user_attrs.get("baseline") and trial not in chosen:
-                chosen.append(trial)
-        return chosen
-
     def validate(self, top_k: int | None = None,
                  on_done: Callable[[FrozenTrial, float], None] | None = None) -> list[dict[str, Any]]:
-        """Re-evaluate the top trials at ``final_n`` on a fresh seed set; store each; the best row follows."""
-        config = self.definition.search
-        validated = dict(self.study.user_attrs.get("validated", {}))
-        results = []
-        for trial in self.candidates(config.validate_top_k if top_k is None else top_k):
-            schedule = SkipSchedule.from_dict(trial.user_attrs["schedule"])
-            entry = validated.get(str(trial.number))
-            if entry is None or entry["n"] != config.final_n:
-                proxy = self.objective.proxy_for_validation(trial)
-                try:
-                    result = proxy.evaluate(schedule, rungs=[config.final_n],
-                                            seed_offset=config.validation_seed_offset, preview=0)
-                except TRIAL_FAILURES as exc:
-                    validated[str(trial.number)] = {"error": f"{type(exc).__name__}: {exc}", "n": config.final_n}
-                    continue
-                entry = {"value": result.value, "n": result.n, "proxy": trial.value,
-                         "seeds": f"{result.seeds[0]}-{result.seeds[1] - 1}",
-                         "baseline": trial.user_attrs.get("baseline")}
-                validated[str(trial.number)] = entry
-                self.study.set_user_attr("validated", validated)
-                provenance = {**schedule.provenance, "study": self.study.study_name, "trial": trial.number,
-                              "validated": {"metric": self.proxy.config.metric, "value": result.value,
-                                            "n": result.n, "seeds": entry["seeds"], "extractor": result.extractor}}
-                schedule = schedule.with_metadata(provenance=provenance)
-                self.store.record(Validation(
-                    model_name=self.adapter.name, weights_sha256=self.adapter.identity.sha256,
-                    sampler=self.definition.sampler, nfe=self.definition.nfe, metric=self.proxy.config.metric,
-                    value=result.value, n=result.n, seeds=entry["seeds"], extractor=result.extractor,
-                    extractor_sha256=result.extractor_sha256, schedule_json=schedule.to_json(),
-                    space=self.definition.space, study_name=self.study.study_name, trial_number=trial.number,
-                    proxy_value=trial.value))
-            if on_done is not None and "value" in entry:
-                on_done(trial, entry["value"])
-            results.append({"trial": trial.number, **entry})
-        return results
+        """See :func:`skipsearch.search.validation.validate`."""
+        return validation.validate(self, top_k, on_done)
 
     # --- baselines and warm start -----------------------------------------------------------------------------------
     def enqueue_starts(self) -> list[str]:
         """Baselines (rho = 1, the paper's recipe) once per study, then neighbouring-NFE winners (warm start)."""
-        if self.study.user_attrs.get("baselines_enqueued"):
+        record = StudyRecord(self.study)
+        if record.baselines_enqueued:
             return []
         labels = []
         for baseline in baselines(self.space, self.definition.nfe):
-            self.study.enqueue_trial(baseline.params, user_attrs={"baseline": baseline.label},
-                                     skip_if_exists=True)
+            self.study.enqueue_trial(baseline.params, user_attrs={"baseline": baseline.label}, skip_if_exists=True)
             labels.append(baseline.label)
         if self.definition.search.warm_start:
             for row in self._neighbours():
@@ -208,7 +143,7 @@ class StudySession:
                     self.study.enqueue_trial(params, user_attrs={"warm_start": f"best of NFE {row.nfe}"},
                                              skip_if_exists=True)
                     labels.append(f"warm start from NFE {row.nfe}")
-        self.study.set_user_attr("baselines_enqueued", True)
+        record.mark_baselines_enqueued()
         return labels
 
     def _neighbours(self, count: int = 2):
@@ -219,30 +154,32 @@ class StudySession:
 
 
 def open_session(definition: StudyDefinition, *, storage_url: str | None = None, device: str = "cpu",
-                 adapter: SkipAdapter | None = None) -> StudySession:
+                 adapter: SkipAdapter | None = None, settings: Settings | None = None) -> StudySession:
     """Load the model, proxy and space, and create or resume the study (``load_if_exists``)."""
+    settings = settings or Settings.from_env()
     # Cheap checks first: a typo must not cost a model load.
     sampler_spec = get_sampler(definition.sampler)
     steps = steps_for_nfe(definition.sampler, definition.nfe)
     check_space_name(definition.space)
-    storage_url = storage_url or default_storage_url()
+    storage_url = storage_url or default_storage_url(settings)
     store = BestStore(storage_url)
     if adapter is None:
-        adapter = load_model(definition.model, checkpoint=definition.checkpoint, device=str(resolve_device(device)))
+        adapter = load_model(definition.model, checkpoint=definition.checkpoint, trust_pickle=definition.trust_pickle,
+                             device=str(resolve_device(device)), settings=settings)
     proxy = FidProxy(adapter, sampler=definition.sampler, nfe=definition.nfe, config=definition.proxy,
-                     sampler_options=definition.sampler_options)
+                     sampler_options=definition.sampler_options, settings=settings)
     ctx = SpaceContext(num_skip_points=len(adapter.skip_points), level_of_point=adapter.level_of_points(),
                        sigma_min=adapter.sigma_min, sigma_max=adapter.sigma_max, num_steps=steps,
                        stochastic=sampler_spec.stochastic)
     space = get_space(definition.space, ctx, definition.space_bounds)
     name = study_name_for(definition, adapter)
-    study = optuna.create_study(storage=optuna_storage(storage_url), study_name=name, direction="minimize",
-                                load_if_exists=True, sampler=make_sampler(definition.search),
-                                pruner=make_pruner(definition.search, definition.proxy.rungs))
-    if "definition" not in study.user_attrs:
-        study.set_user_attr("definition", {
+    study = optuna.create_study(storage=optuna_storage(storage_url, settings.heartbeat_seconds), study_name=name,
+                                direction="minimize", load_if_exists=True, sampler=make_sampler(definition.search))
+    record = StudyRecord(study)
+    if not record.definition:
+        record.set_definition({
             "model": adapter.name, "weights_sha256": adapter.identity.sha256, "sampler": definition.sampler,
             "nfe": definition.nfe, "space": definition.space, "metric": definition.proxy.metric,
             "extractor": definition.proxy.extractor, "rungs": list(definition.proxy.rungs),
             "final_n": definition.search.final_n, "source": definition.source})
-    return StudySession(definition, adapter, proxy, space, study, store, storage_url)
+    return StudySession(definition, adapter, proxy, space, study, store, storage_url, settings)

@@ -8,14 +8,20 @@ added when the sampler is stochastic and churn search is on.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from skipsearch.schedule.core import Churn, SkipSchedule, karras_interval_bounds
+from skipsearch.errors import SkipsearchError
+from skipsearch.registry import Registry
+from skipsearch.sampling.grids import karras_interval_bounds
+from skipsearch.schedule.core import Churn, SkipSchedule
+from skipsearch.schedule.families import linear_rho
+from skipsearch.search.definition import SpaceBounds
 
 
-class UnknownSpaceError(ValueError):
+class UnknownSpaceError(SkipsearchError, ValueError):
     """A search-space name that does not exist."""
 
 
@@ -31,34 +37,13 @@ class SpaceContext:
     stochastic: bool = False  # sampler supports EDM churn
 
 
-@dataclass(frozen=True)
-class SpaceBounds:
-    """Parameter ranges; the paper's defaults (rho in [0.3, 1.0], churn in [0, 40])."""
-
-    rho_min: float = 0.3
-    rho_max: float = 1.0
-    churn_max: float = 40.0
-    eps_min: float = 1.0
-    eps_max: float = 1.03
-    num_intervals: int = 3
-    search_churn: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.rho_min < self.rho_max <= 2:
-            raise ValueError(f"rho range [{self.rho_min}, {self.rho_max}] must satisfy 0 <= min < max <= 2")
-        if not 0.5 <= self.eps_min <= self.eps_max <= 2:
-            raise ValueError(f"eps-scale range [{self.eps_min}, {self.eps_max}] must lie in [0.5, 2]")
-        if self.churn_max < 0 or self.num_intervals < 1:
-            raise ValueError("churn_max must be >= 0 and num_intervals >= 1")
-
-
 def paper_rho_bottom(nfe: int) -> float:
     """The paper's best linear rho_bottom, interpolated in log NFE: 0.68 at NFE 9, ~0.78 at 19, ~0.85 at 39."""
     value = 0.68 + 0.17 * math.log(max(nfe, 1) / 9) / math.log(39 / 9)
     return float(min(0.95, max(0.5, value)))
 
 
-class SearchSpace:
+class SearchSpace(abc.ABC):
     """Base: subclasses implement ``_rho(trial)`` returning the schedule's rho part."""
 
     name = ""
@@ -71,11 +56,13 @@ class SearchSpace:
     def _rho_param(self, trial: Any, name: str) -> float:
         return trial.suggest_float(name, self.bounds.rho_min, self.bounds.rho_max)
 
+    @abc.abstractmethod
     def _rho(self, trial: Any) -> SkipSchedule:
-        raise NotImplementedError
+        """The trial's schedule without churn and eps scaling (``suggest`` adds those)."""
 
+    @abc.abstractmethod
     def _linear_params(self, rho_bottom: float, rho_top: float) -> dict[str, float]:
-        raise NotImplementedError
+        """This space's parameters that reproduce the linear bottom->top schedule (before clipping)."""
 
     def suggest(self, trial: Any) -> SkipSchedule:
         schedule = self._rho(trial)
@@ -98,10 +85,6 @@ class SearchSpace:
         if self.ctx.stochastic and self.bounds.search_churn:
             params.update(s_churn=0.0, s_min=0.0, s_max=self.ctx.sigma_max, s_noise=1.0)
         return params
-
-    def _linear_values(self, rho_bottom: float, rho_top: float) -> list[float]:
-        k = self.ctx.num_skip_points
-        return [rho_bottom + (rho_top - rho_bottom) * i / max(k - 1, 1) for i in range(k)]
 
 
 class ConstantSpace(SearchSpace):
@@ -136,8 +119,7 @@ class PerLevelSpace(SearchSpace):
         return SkipSchedule.per_level(values, self.ctx.level_of_point)
 
     def _linear_params(self, rho_bottom, rho_top):
-        n = self._levels()
-        return {f"rho_level{i}": rho_bottom + (rho_top - rho_bottom) * i / max(n - 1, 1) for i in range(n)}
+        return {f"rho_level{i}": v for i, v in enumerate(linear_rho(rho_bottom, rho_top, self._levels()))}
 
 
 class PerLayerSpace(SearchSpace):
@@ -147,7 +129,7 @@ class PerLayerSpace(SearchSpace):
         return SkipSchedule.per_layer([self._rho_param(trial, f"rho{i}") for i in range(self.ctx.num_skip_points)])
 
     def _linear_params(self, rho_bottom, rho_top):
-        return {f"rho{i}": v for i, v in enumerate(self._linear_values(rho_bottom, rho_top))}
+        return {f"rho{i}": v for i, v in enumerate(linear_rho(rho_bottom, rho_top, self.ctx.num_skip_points))}
 
 
 class IntervalLinearSpace(SearchSpace):
@@ -235,9 +217,11 @@ class S2DMLinearSpace(_S2DMParams, LinearSpace):
     name, description = "s2dm+linear", "S²-DM fine-tuning (tau, skip, lr) together with the linear rho pair"
 
 
-SPACES: dict[str, type[SearchSpace]] = {cls.name: cls for cls in (
-    ConstantSpace, LinearSpace, PerLevelSpace, PerLayerSpace, IntervalLinearSpace, LinearInTimeSpace, EpsScaleSpace,
-    S2DMSpace, S2DMLinearSpace)}
+SPACES = Registry[type[SearchSpace]]("search space", UnknownSpaceError)
+for _cls in (ConstantSpace, LinearSpace, PerLevelSpace, PerLayerSpace, IntervalLinearSpace, LinearInTimeSpace,
+             EpsScaleSpace, S2DMSpace, S2DMLinearSpace):
+    SPACES.register(_cls.name, _cls)
+del _cls
 
 
 def space_names() -> list[str]:

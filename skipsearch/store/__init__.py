@@ -1,1 +1,25 @@
 """Stage 8, the store: skipsearch's SQL tables beside Optuna's (the validated best per model, sampler, NFE)."""
+
+from skipsearch.store.best import BestKey, BestRow, BestStore, Validation, ValidationRow
+from skipsearch.store.engine import StoreError, connect, default_storage_url, redact_url
+from skipsearch.store.migrations import MIGRATIONS, SCHEMA_VERSION, ensure_schema
+from skipsearch.store.tables import Base, BestRecord, SchemaVersion, ValidationRecord
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Base",
+    "BestKey",
+    "BestRecord",
+    "BestRow",
+    "BestStore",
+    "SchemaVersion",
+    "StoreError",
+    "Validation",
+    "ValidationRecord",
+    "ValidationRow",
+    "connect",
+    "default_storage_url",
+    "ensure_schema",
+    "redact_url",
+]

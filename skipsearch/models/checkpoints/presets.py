@@ -30,6 +30,7 @@ class Preset:
     url: str | None
     filename: str
     num_skip_points: int
+    dataset: str | None = None  # the proxy's reference data set
 
     def create(self) -> _Precond:
         """The architecture with random weights (no download)."""
@@ -50,6 +51,7 @@ PRESETS: dict[str, Preset] = {
         url=f"{_EDM_CDN}/edm-cifar10-32x32-cond-vp.pkl",
         filename="edm-cifar10-32x32-cond-vp.pkl",
         num_skip_points=15,
+        dataset="cifar10",
     ),
     "edm-imagenet64": Preset(
         name="edm-imagenet64",
@@ -61,13 +63,15 @@ PRESETS: dict[str, Preset] = {
         url=f"{_EDM_CDN}/edm-imagenet-64x64-cond-adm.pkl",
         filename="edm-imagenet-64x64-cond-adm.pkl",
         num_skip_points=16,
+        dataset="imagenet64",
     ),
 }
 
 
 def default_cache_dir() -> Path:
-    """``$SKIPSEARCH_CACHE`` or ``~/.cache/skipsearch``."""
-    return Path(os.environ.get("SKIPSEARCH_CACHE") or "~/.cache/skipsearch").expanduser()
+    """``Settings.cache``: ``$SKIPSEARCH_CACHE`` or ``~/.cache/skipsearch``."""
+    from skipsearch.settings import Settings
+    return Settings.from_env().cache
 
 
 def cached_checkpoint_path(preset: Preset, cache_dir: Path | None = None) -> Path:

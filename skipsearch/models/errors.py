@@ -1,0 +1,9 @@
+"""Errors of the model stage."""
+
+from __future__ import annotations
+
+from skipsearch.errors import SkipsearchError
+
+
+class ModelError(SkipsearchError, ValueError):
+    """An unknown model, an unusable model spec or checkpoint; the message says what to do."""

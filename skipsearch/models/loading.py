@@ -1,0 +1,443 @@
+"""From a model spec to a skip-tunable adapter: registered names, model files, factories and diffusers folders.
+
+One way in for every command and for Python (``load_model``). See :mod:`skipsearch.models.spec` for the forms and
+the model-file schema.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from skipsearch.data import DataRange
+from skipsearch.models.adapter import SkipAdapter
+from skipsearch.models.edm import EDMAdapter
+from skipsearch.models.errors import ModelError
+from skipsearch.models.parametrization import (
+    DataParametrization,
+    EpsilonParametrization,
+    PreconditionedParametrization,
+    alphas_cumprod_for,
+)
+from skipsearch.models.spec import ModelFile, model_key, parse_model_file, spec_kind
+from skipsearch.registry import Registry
+from skipsearch.settings import Settings
+
+# The repository's models/ folder (next to studies/), shipped inside the package as skipsearch/models/files.
+MODEL_FILES_DIR = Path(__file__).resolve().parent / "files"
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    checkpoint: Path | None
+    trust_pickle: bool
+    download: bool
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: what ``skipsearch models`` lists and how to load it."""
+
+    name: str
+    description: str
+    num_skip_points: int | None
+    source: str
+    load: Callable[[LoadRequest], SkipAdapter]
+
+
+MODELS: Registry[ModelEntry] = Registry("model", ModelError)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    description: str
+    num_skip_points: int | None
+    source: str
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Weights.
+
+
+def load_network_file(path: str | os.PathLike, *, trust_pickle: bool = False):
+    """An EDM network from a ``.safetensors`` file (ours) or an official ``.pkl`` (needs ``trust_pickle``)."""
+    from skipsearch.models.checkpoints import CheckpointError, load_checkpoint
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint not found: {path}")
+    if path.suffix not in (".pkl", ".safetensors"):
+        raise ModelError(f"unsupported checkpoint type {path.suffix!r} ({path}); use an EDM .pkl or a skipsearch "
+                         ".safetensors file")
+    try:
+        return load_checkpoint(path, trust_pickle=trust_pickle)
+    except CheckpointError as exc:
+        raise ModelError(str(exc)) from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors or a torch file loaded with ``weights_only=True`` (no code runs)."""
+    if not path.is_file():
+        raise ModelError(f"weights not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(f"cannot read {path}: {exc}") from None
+    if path.suffix == ".pkl":
+        raise ModelError(f"{path}: .pkl weights go with [model] edm = '...' (EDM networks) and --trust-pickle; "
+                         "a factory's weights must be .safetensors or a torch state dict (.pt/.pth/.bin)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for anything but plain tensors/containers, or a corrupt file
+        raise ModelError(f"cannot read {path} as a state dict with weights_only=True "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    for key in ("state_dict", "model", "ema"):  # common checkpoint wrappers around the state dict
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return state
+
+
+def _fill(net: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    missing, unexpected = [], []
+    reference = net.state_dict()
+    missing = sorted(set(reference) - set(state))
+    unexpected = sorted(set(state) - set(reference))
+    shapes = [k for k in state if k in reference and state[k].shape != reference[k].shape]
+    if missing or unexpected or shapes:
+        detail = "; ".join(f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for label, keys in
+                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys)
+        raise ModelError(f"weights {source} do not fit the network: {detail}")
+    net.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The routes.
+
+
+def import_callable(target: str, folder: Path | None = None) -> Callable[..., Any]:
+    """``package.module:callable`` or ``file.py:callable`` (relative to ``folder``)."""
+    module_part, _, attr = target.rpartition(":")
+    if not module_part or not attr:
+        raise ModelError(f"factory {target!r} must be 'package.module:callable' or 'file.py:callable'")
+    try:
+        if module_part.endswith(".py"):
+            path = Path(module_part).expanduser()
+            path = path if path.is_absolute() or folder is None else folder / path
+            if not path.is_file():
+                raise ModelError(f"factory file not found: {path}")
+            name = f"skipsearch_factory_{abs(hash(str(path.resolve())))}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            sys.modules[name] = module  # dataclasses and pickling look modules up by name
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(module_part)
+    except ModelError:
+        raise
+    except Exception as exc:  # ImportError, SyntaxError, whatever the user's module raises at import
+        raise ModelError(f"cannot import {module_part!r} for factory {target!r}: {type(exc).__name__}: {exc}") \
+            from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelError(f"factory {target!r}: {module_part} has no callable {attr!r}")
+    return factory
+
+
+def _call_for(file: ModelFile) -> Callable:
+    """``call(model, x_in, t, labels)`` from the file's [call] section."""
+    form = file.call.time or ("timestep" if file.parametrization.discrete else
+                              "sigma" if file.parametrization.type == "denoiser" else "c_noise")
+    num_timesteps = file.parametrization.num_timesteps
+
+    def call(model: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> Any:
+        if form == "timestep_float":
+            t = t.to(x.dtype)
+        elif form == "scaled":
+            t = t.to(x.dtype) / num_timesteps
+        elif form in ("sigma", "c_noise"):
+            t = t.to(x.dtype)
+        if file.call.time_shape == "N1":
+            t = t.reshape(-1, 1)
+        if labels is None or file.call.labels == "none":
+            return model(x, t)
+        return model(x, t, labels.argmax(dim=1) if file.call.labels == "index" else labels)
+
+    return call
+
+
+def _parametrization_for(file: ModelFile, scheduler: Any = None):
+    p = file.parametrization
+    if not p.discrete:
+        if p.type == "denoiser":
+            return DataParametrization(p.sigma_min, p.sigma_max)
+        return PreconditionedParametrization(p.type, p.sigma_min, p.sigma_max, p.sigma_data)
+    if scheduler is not None and "parametrization.beta_schedule" not in file.given:
+        kind = p.type if "parametrization.type" in file.given else None
+        return EpsilonParametrization.from_scheduler(scheduler, kind)
+    if p.beta_schedule == "given":
+        abar = p.alphas_cumprod
+        if isinstance(abar, str):
+            import numpy as np
+            path = file.path(abar)
+            try:
+                abar = np.load(path)
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"{file.source}: cannot read alphas_cumprod {path}: {exc}") from None
+        alphas = torch.as_tensor(abar, dtype=torch.float64)
+    else:
+        alphas = alphas_cumprod_for(p.beta_schedule, beta_start=p.beta_start, beta_end=p.beta_end,
+                                    num_timesteps=p.num_timesteps)
+    try:
+        return EpsilonParametrization(alphas, p.type)
+    except ValueError as exc:
+        raise ModelError(f"{file.source}: [parametrization] {exc}") from None
+
+
+def _load_file(file: ModelFile, request: LoadRequest) -> SkipAdapter:
+    from skipsearch.models.checkpoints import file_sha256
+    if file.edm is not None:
+        path = request.checkpoint or file.path(file.edm)
+        adapter: SkipAdapter = EDMAdapter(load_network_file(path, trust_pickle=request.trust_pickle), file.name,
+                                          weights_sha256=file_sha256(path))
+    elif file.diffusers is not None:
+        adapter = load_diffusers(str(file.path(file.diffusers)), name=file.name, file=file)
+    else:
+        built = import_callable(file.factory, file.folder)(**file.kwargs)
+        if isinstance(built, SkipAdapter):
+            adapter = built
+            adapter.name = file.name
+        elif isinstance(built, nn.Module):
+            weights = request.checkpoint or (file.path(file.weights) if file.weights else None)
+            sha = None
+            if weights is not None:
+                _fill(built, read_state_dict(Path(weights)), Path(weights))
+                sha = file_sha256(weights)
+            if file.data.shape is None:
+                raise ModelError(f"{file.source}: [data] shape = [channels, height, width] is needed to probe the "
+                                 "network's skips")
+            from skipsearch.models.generic import GenericAdapter
+            built.eval().requires_grad_(False)
+            adapter = GenericAdapter(built, name=file.name, parametrization=_parametrization_for(file),
+                                     img_shape=file.data.shape,
+                                     consumers=file.skips.consumers if file.skips.detect == "declared" else None,
+                                     exclude=file.skips.exclude, label_dim=file.data.label_dim,
+                                     call=_call_for(file), weights_sha256=sha)
+        else:
+            raise ModelError(f"{file.source}: factory {file.factory!r} returned {type(built).__name__}, not an "
+                             "nn.Module or a SkipAdapter")
+    if file.data.mean is not None:
+        adapter.data_range = DataRange(mean=file.data.mean, std=file.data.std)
+    elif file.data.range is not None and "data.range" in file.given:
+        adapter.data_range = DataRange(*file.data.range)
+    adapter.dataset = file.dataset or adapter.dataset
+    adapter.spec_digest = file.digest()
+    return adapter
+
+
+def load_diffusers(target: str, *, name: str | None = None, file: ModelFile | None = None) -> SkipAdapter:
+    """A diffusers ``UNet2DModel``/``UNet2DConditionModel`` with its scheduler: a pipeline folder (``unet/``,
+    ``scheduler/``), a model folder (``config.json`` [+ ``scheduler_config.json``]), or a hub id (online)."""
+    from skipsearch.models.diffusers_adapter import DiffusersAdapter, _require_diffusers
+    diffusers = _require_diffusers()
+    folder = Path(target).expanduser()
+    local = folder.is_dir()
+    unet_dir, subfolder = (folder, None)
+    if local and (folder / "unet").is_dir():
+        subfolder = "unet"
+    elif not local and "/" not in target:
+        raise ModelError(f"diffusers model {target!r}: no such folder (a hub id looks like 'org/name')")
+    try:
+        config_path = (folder / (subfolder or "") / "config.json") if local else None
+        class_name = json.loads(config_path.read_text()).get("_class_name") if config_path and \
+            config_path.is_file() else "UNet2DModel"
+        if local and (config_path is None or not config_path.is_file()):
+            raise ModelError(f"{folder}: no diffusers config.json (expected DIR/config.json or DIR/unet/config.json)")
+        cls = getattr(diffusers, class_name, None)
+        if cls is None or class_name not in ("UNet2DModel", "UNet2DConditionModel"):
+            raise ModelError(f"{folder}: {class_name} is not a UNet2DModel or UNet2DConditionModel")
+        unet = cls.from_pretrained(str(unet_dir) if local else target, subfolder=subfolder)
+        scheduler = _diffusers_scheduler(diffusers, folder if local else None, target, subfolder)
+    except ModelError:
+        raise
+    except Exception as exc:  # OSError (missing files, offline hub), ValueError (bad config), EnvironmentError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load diffusers model {target}: {first}") from None
+    unet.eval().requires_grad_(False)
+    sha = _diffusers_weights_sha(folder / (subfolder or "")) if local else None
+    parametrization = _parametrization_for(file, scheduler) if file is not None else None
+    adapter = DiffusersAdapter(unet, name=name or model_key(f"diffusers:{target}"), scheduler=scheduler
+                               if parametrization is None else None, weights_sha256=sha)
+    if parametrization is not None:
+        adapter.parametrization = parametrization
+        adapter.sigma_min, adapter.sigma_max = parametrization.sigma_min, parametrization.sigma_max
+    if adapter.img_shape == (1, 28, 28):
+        adapter.dataset = "mnist"
+    return adapter
+
+
+def _diffusers_scheduler(diffusers: Any, folder: Path | None, target: str, subfolder: str | None) -> Any:
+    """The training noise schedule: the scheduler config beside the UNet (DDPMScheduler reads any beta schedule)."""
+    candidates = []
+    if folder is not None:
+        candidates = [folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json"]
+        for path in candidates:
+            if path.is_file():
+                return diffusers.DDPMScheduler.from_config(json.loads(path.read_text()))
+        return None  # DiffusersAdapter's default: DDPM linear, 1000 steps
+    try:
+        return diffusers.DDPMScheduler.from_pretrained(target, subfolder="scheduler")
+    except Exception:  # a hub model without a scheduler config: the DDPM default
+        return None
+
+
+def _diffusers_weights_sha(folder: Path) -> str | None:
+    from skipsearch.models.checkpoints import file_sha256
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        if (folder / name).is_file():
+            return file_sha256(folder / name)
+    return None
+
+
+def _load_factory(spec: str, request: LoadRequest) -> SkipAdapter:
+    built = import_callable(spec)()
+    if isinstance(built, SkipAdapter):
+        return built
+    if isinstance(built, nn.Module):
+        from skipsearch.models import adapt
+        try:
+            return adapt(built, name=spec)
+        except ModelError:
+            raise ModelError(f"factory {spec!r} returned a {type(built).__name__}, whose parametrisation and skips "
+                             "skipsearch cannot tell; return a SkipAdapter, or write a model file (PATH.toml) that "
+                             "names the factory and states them") from None
+    raise ModelError(f"factory {spec!r} returned {type(built).__name__}, not an nn.Module or a SkipAdapter")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Registered models.
+
+
+def _bundled_edm(request: LoadRequest) -> SkipAdapter:
+    from skipsearch.models.bundled import BUNDLED_WEIGHTS
+    from skipsearch.models.checkpoints import file_sha256
+    path = request.checkpoint or BUNDLED_WEIGHTS
+    adapter = EDMAdapter(load_network_file(path, trust_pickle=request.trust_pickle), "edm",
+                         weights_sha256=file_sha256(path))
+    adapter.dataset = "mnist"
+    return adapter
+
+
+def _bundled_ddpm(request: LoadRequest) -> SkipAdapter:
+    from skipsearch.models.bundled import BUNDLED_DDPM
+    if request.checkpoint is not None:
+        raise ModelError("ddpm-mnist is a diffusers folder; use --model diffusers:DIR for other weights")
+    if not (BUNDLED_DDPM / "unet").is_dir():
+        raise ModelError(f"the bundled DDPM is missing ({BUNDLED_DDPM}); run 'skipsearch train --kind ddpm -o "
+                         f"{BUNDLED_DDPM}'")
+    return load_diffusers(str(BUNDLED_DDPM), name="ddpm-mnist")
+
+
+def _preset_loader(preset: Any) -> Callable[[LoadRequest], SkipAdapter]:
+    def load(request: LoadRequest) -> SkipAdapter:
+        from skipsearch.models.checkpoints import CheckpointError, file_sha256, resolve_checkpoint
+        try:
+            path = resolve_checkpoint(preset, str(request.checkpoint) if request.checkpoint else None,
+                                      cache_dir=request.settings.cache,
+                                      download=request.download and not request.settings.offline)
+        except CheckpointError as exc:
+            raise ModelError(str(exc)) from None
+        adapter = EDMAdapter(load_network_file(path, trust_pickle=request.trust_pickle), preset.name,
+                             weights_sha256=file_sha256(path))
+        adapter.dataset = preset.dataset
+        return adapter
+    return load
+
+
+def _register_builtin() -> None:
+    from skipsearch.models.checkpoints import PRESETS
+    MODELS.register("edm", ModelEntry("edm", "bundled EDM (SongUNet) trained by skipsearch on MNIST 28x28, "
+                                             "unconditional", 9, "package data (offline)", _bundled_edm))
+    MODELS.register("ddpm-mnist", ModelEntry("ddpm-mnist", "bundled diffusers UNet2DModel DDPM (epsilon, linear "
+                                                           "beta, T=1000) trained by skipsearch on MNIST", 6,
+                                             "package data (offline)", _bundled_ddpm))
+    for preset in PRESETS.values():
+        MODELS.register(preset.name, ModelEntry(preset.name, preset.description, preset.num_skip_points,
+                                                preset.url or "local file", _preset_loader(preset)))
+
+
+def _registry() -> Registry[ModelEntry]:
+    if not len(MODELS):
+        _register_builtin()
+    return MODELS
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The entry points.
+
+
+def model_file_folders(settings: Settings) -> list[Path]:
+    return [f for f in (settings.models, MODEL_FILES_DIR) if f is not None and f.is_dir()]
+
+
+def list_models(settings: Settings | None = None) -> list[ModelInfo]:
+    """Registered models, then the model files in ``Settings.models`` and the shipped ``models/`` folder."""
+    settings = settings or Settings.from_env()
+    infos = [ModelInfo(e.name, e.description, e.num_skip_points, e.source) for e in _registry().values()]
+    for folder in model_file_folders(settings):
+        for path in sorted(folder.glob("*.toml")):
+            try:
+                file = parse_model_file(path)
+                infos.append(ModelInfo(str(path), f"{file.name}: {file.description}", None, "model file"))
+            except ModelError as exc:
+                infos.append(ModelInfo(str(path), f"invalid model file: {exc}", None, "model file"))
+    return infos
+
+
+def model_names() -> list[str]:
+    return _registry().names()
+
+
+def load_model(spec: str = "edm", *, checkpoint: str | os.PathLike | None = None, trust_pickle: bool = False,
+               device: str = "cpu", download: bool = True, settings: Settings | None = None) -> SkipAdapter:
+    """The adapter for a model spec: a registered name, ``PATH.toml``, ``module:callable``, ``diffusers:DIR``.
+
+    ``checkpoint`` replaces the weights of a registered model or model file.
+    """
+    settings = settings or Settings.from_env()
+    request = LoadRequest(Path(checkpoint) if checkpoint else None, trust_pickle, download, settings)
+    kind = spec_kind(spec)
+    if kind == "name":
+        registry = _registry()
+        if spec not in registry:
+            raise ModelError(f"unknown model {spec!r}; known: {', '.join(registry.names())}, or give a model file "
+                             "PATH.toml, package.module:factory or diffusers:DIR (run 'skipsearch models')")
+        adapter = registry.get(spec).load(request)
+    elif kind == "file":
+        adapter = _load_file(parse_model_file(spec), request)
+    elif kind == "diffusers":
+        if checkpoint is not None:
+            raise ModelError("--checkpoint does not apply to diffusers:DIR (the folder holds the weights)")
+        adapter = load_diffusers(spec.removeprefix("diffusers:"))
+    else:
+        if checkpoint is not None:
+            raise ModelError("--checkpoint does not apply to a factory spec; write a model file with weights = ...")
+        adapter = _load_factory(spec, request)
+    from skipsearch.device import prepare_module
+    prepare_module(adapter.net, torch.device(device))
+    return adapter

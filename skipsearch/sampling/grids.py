@@ -1,0 +1,51 @@
+"""Sigma grids: EDM's Karras sampling noise levels, and schedule interval bounds that group them into windows."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from skipsearch.schedule.validation import ScheduleError, positive_int
+
+__all__ = ["RoundSigma", "karras_interval_bounds", "karras_sigmas"]
+
+RoundSigma = Callable[[torch.Tensor], torch.Tensor]
+
+
+def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+                  round_sigma: RoundSigma | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+    """EDM's noise levels (Karras et al. 2022, eq. 5) in float64: ``num_steps`` values from sigma_max to sigma_min,
+    optionally snapped by ``round_sigma``, then a final 0. ``num_steps == 1`` gives ``[sigma_max, 0]``."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if not 0 < sigma_min <= sigma_max:
+        raise ValueError(f"need 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    ramp = torch.arange(num_steps, dtype=torch.float64, device=device) / max(num_steps - 1, 1)
+    max_inv, min_inv = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    sigmas = (max_inv + ramp * (min_inv - max_inv)) ** rho
+    if round_sigma is not None:
+        sigmas = torch.as_tensor(round_sigma(sigmas)).to(device=sigmas.device, dtype=torch.float64).reshape(num_steps)
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def karras_interval_bounds(sigma_min: float, sigma_max: float, num_steps: int, steps_per_interval: int,
+                           rho: float = 7.0) -> tuple[float, ...]:
+    """Sigma bounds grouping the Karras sampling sigmas into windows of ``steps_per_interval`` consecutive steps.
+
+    Each inner bound sits at the geometric midpoint between the last sigma of one window and the first of the next;
+    outer bounds are inf and 0 so every sigma is covered. The last window may hold fewer steps. The paper's window
+    search (13 windows of 4 steps over [0.002, 80]) is ``karras_interval_bounds(0.002, 80, 52, 4)``.
+    """
+    # Stricter than karras_sigmas (sigma_min < sigma_max < inf) and a ScheduleError: these bounds become a schedule.
+    steps_per_interval = positive_int(steps_per_interval, "steps_per_interval")
+    num_steps = positive_int(num_steps, "num_steps")
+    if not (0 < sigma_min < sigma_max < math.inf):
+        raise ScheduleError(f"sigma_min/sigma_max: need 0 < sigma_min < sigma_max < inf, "
+                            f"got {sigma_min}, {sigma_max}")
+    if not rho > 0:
+        raise ScheduleError(f"rho: {rho} must be > 0")
+    sigmas = karras_sigmas(num_steps, sigma_min, sigma_max, rho)[:-1].tolist()  # without the final 0
+    inner = [math.sqrt(sigmas[k - 1] * sigmas[k]) for k in range(steps_per_interval, len(sigmas), steps_per_interval)]
+    return (math.inf, *inner, 0.0)

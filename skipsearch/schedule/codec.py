@@ -1,0 +1,109 @@
+"""The ``skipsearch.schedule/v1`` JSON document: one object holding a schedule's coefficients, knobs and provenance.
+
+Non-finite floats are written as strings ("inf"), since standard JSON has none; reading is strict, so a typo in a
+hand-edited file fails with a message naming the field instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from skipsearch.schedule.core import Churn, ModelIdentity, SkipSchedule
+from skipsearch.schedule.validation import ScheduleError, encode_floats, float_for_json, fmt
+
+__all__ = ["SCHEMA", "from_dict", "from_json", "load", "save", "to_dict", "to_json"]
+
+SCHEMA = "skipsearch.schedule/v1"
+_DOC_FIELDS = ("schema", "family", "params", "rho", "sigma_bounds", "churn", "eps_scale", "model", "sampler", "nfe",
+               "provenance")
+
+
+def to_dict(schedule: SkipSchedule) -> dict[str, Any]:
+    """The ``skipsearch.schedule/v1`` document as plain JSON-ready Python (inf written as "inf")."""
+    return {
+        "schema": SCHEMA,
+        "family": schedule.family,
+        "params": encode_floats(copy.deepcopy(schedule.params)),
+        "rho": schedule.rho.tolist(),
+        "sigma_bounds": [float_for_json(b) for b in schedule.sigma_bounds],
+        "churn": schedule.churn.to_dict(),
+        "eps_scale": schedule.eps_scale,
+        "model": None if schedule.model is None else schedule.model.to_dict(),
+        "sampler": schedule.sampler,
+        "nfe": schedule.nfe,
+        "provenance": encode_floats(copy.deepcopy(schedule.provenance)),
+    }
+
+
+def to_json(schedule: SkipSchedule, indent: int | None = 2) -> str:
+    """The document as standard JSON text (no NaN/Infinity literals)."""
+    return json.dumps(to_dict(schedule), indent=indent, allow_nan=False)
+
+
+def save(schedule: SkipSchedule, path: str | os.PathLike) -> Path:
+    """Write the JSON document (creating parent folders) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename so a reader (dashboard, another worker) never sees half a file.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(to_json(schedule) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def from_dict(d: Any, *, expect_model: ModelIdentity | None = None) -> SkipSchedule:
+    """Parse and strictly validate a ``skipsearch.schedule/v1`` document; optionally check it fits a model."""
+    if not isinstance(d, Mapping):
+        raise ScheduleError(f"schedule document must be a JSON object, got {type(d).__name__}")
+    if "schema" not in d:
+        raise ScheduleError(f"schedule.schema: missing; this skipsearch reads {SCHEMA}")
+    if d["schema"] != SCHEMA:
+        raise ScheduleError(f"unsupported schedule schema {fmt(d['schema'])}; this skipsearch reads {SCHEMA}")
+    for key in d:
+        if key not in _DOC_FIELDS:
+            raise ScheduleError(f"schedule: unknown field {fmt(key)} (known: {', '.join(_DOC_FIELDS)})")
+    for key in ("rho", "sigma_bounds"):
+        if key not in d:
+            raise ScheduleError(f"schedule.{key}: missing")
+    churn = Churn() if d.get("churn") is None else Churn.from_dict(d["churn"], "schedule.churn")
+    model = None if d.get("model") is None else ModelIdentity.from_dict(d["model"], "schedule.model")
+    params = {} if d.get("params") is None else d["params"]
+    provenance = {} if d.get("provenance") is None else d["provenance"]
+    schedule = SkipSchedule(rho=d["rho"], sigma_bounds=d["sigma_bounds"], churn=churn,
+                            eps_scale=d.get("eps_scale", 1.0), family=d.get("family", "free"), params=params,
+                            model=model, sampler=d.get("sampler"), nfe=d.get("nfe"), provenance=provenance)
+    if expect_model is not None:
+        schedule.check_model(expect_model)
+    return schedule
+
+
+def from_json(text: str, *, expect_model: ModelIdentity | None = None, source: str = "<string>") -> SkipSchedule:
+    """Parse a JSON document; ``source`` (a path) is named in the message if the text is not valid JSON."""
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ScheduleError(f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(d, dict):
+        raise ScheduleError(f"{source}: schedule document must be a JSON object, got {type(d).__name__}")
+    return from_dict(d, expect_model=expect_model)
+
+
+def load(path: str | os.PathLike, *, expect_model: ModelIdentity | None = None) -> SkipSchedule:
+    """Read a schedule file; every error message starts with the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScheduleError(f"schedule file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScheduleError(f"{path}: cannot read schedule file: {exc}") from None
+    try:
+        return from_json(text, expect_model=expect_model, source=str(path))
+    except ScheduleError as exc:
+        message = str(exc)
+        raise ScheduleError(message if message.startswith(str(path)) else f"{path}: {message}") from None

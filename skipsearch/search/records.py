@@ -1,0 +1,126 @@
+"""What skipsearch keeps on an Optuna trial and study (their user attributes), typed and in one place.
+
+Every objective writes through :class:`TrialRecord` and every reader (validation, reports, the CLI, the Ray driver)
+reads through it, so an attribute name exists exactly once. Values are JSON-ready (Optuna stores them as JSON).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+_RUNG_PREFIX = "proxy_n"  # proxy value after a rung of n images: proxy_n200
+_STEP_PREFIX = "proxy_step"  # fine-tuning trials: proxy after a training step
+_LOSS_PREFIX = "loss_step"
+
+
+@dataclass
+class TrialRecord:
+    """A trial's user attributes. ``write`` stores the fields that are set; ``read`` gives them back."""
+
+    schedule: dict[str, Any] | None = None  # the skipsearch.schedule JSON document of the trial
+    sampler: str | None = None
+    nfe: int | None = None
+    trial_kind: str | None = None  # None: a rho trial; "finetune-s2dm": the weights were fine-tuned
+    baseline: str | None = None  # label of an enqueued baseline ("untuned (rho=1)", "paper recipe ...")
+    warm_start: str | None = None  # "best of NFE 17": enqueued from a neighbouring study's best
+    seeds: str | None = None  # "0-399": the image seeds of the last rung
+    denoiser_calls: int | None = None
+    sampling_seconds: float | None = None
+    feature_seconds: float | None = None
+    train_seconds: float | None = None
+    wall_seconds: float | None = None
+    extractor: str | None = None
+    weights_sha256: str | None = None  # fine-tuned weights
+    fail_reason: str | None = None
+    sample_grid_artifact: str | None = None  # optuna artifact id of the sample grid
+    worker: str | None = None  # host:pid:suffix of the process that ran it
+    worker_pid: int | None = None
+    rungs: dict[int, float] = field(default_factory=dict)  # n -> proxy
+    steps: dict[int, float] = field(default_factory=dict)  # training step -> proxy (fine-tuning)
+    losses: dict[int, float] = field(default_factory=dict)  # training step -> loss (fine-tuning)
+
+    def attrs(self) -> dict[str, Any]:
+        """The user attributes this record stands for (unset fields left out)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("rungs", "steps", "losses") or value is None:
+                continue
+            out[f.name] = value
+        out.update({f"{_RUNG_PREFIX}{n}": v for n, v in self.rungs.items()})
+        out.update({f"{_STEP_PREFIX}{n}": v for n, v in self.steps.items()})
+        out.update({f"{_LOSS_PREFIX}{n}": v for n, v in self.losses.items()})
+        return out
+
+    def write(self, trial: Any) -> None:
+        for key, value in self.attrs().items():
+            trial.set_user_attr(key, value)
+
+    @classmethod
+    def put(cls, trial: Any, **fields: Any) -> None:
+        """Write some fields now: ``TrialRecord.put(trial, fail_reason=...)``."""
+        cls(**fields).write(trial)
+
+    @classmethod
+    def read(cls, trial: Any) -> TrialRecord:
+        attrs = dict(trial.user_attrs)
+        names = {f.name for f in dataclasses.fields(cls)} - {"rungs", "steps", "losses"}
+        record = cls(**{k: v for k, v in attrs.items() if k in names})
+        for prefix, target in ((_RUNG_PREFIX, record.rungs), (_STEP_PREFIX, record.steps),
+                               (_LOSS_PREFIX, record.losses)):
+            for key, value in attrs.items():
+                suffix = key.removeprefix(prefix)
+                if key.startswith(prefix) and suffix.isdigit():
+                    target[int(suffix)] = value
+        return record
+
+
+@dataclass
+class Validated:
+    """One trial re-scored at ``final_n`` on fresh seeds (or why that failed)."""
+
+    n: int
+    value: float | None = None
+    proxy: float | None = None  # the trial's search-time value
+    seeds: str | None = None
+    baseline: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Validated:
+        return cls(**{k: d[k] for k in ("n", "value", "proxy", "seeds", "baseline", "error") if k in d})
+
+
+class StudyRecord:
+    """A study's user attributes: its definition, the validated trials, whether the baselines were enqueued."""
+
+    DEFINITION, VALIDATED, BASELINES_ENQUEUED = "definition", "validated", "baselines_enqueued"
+
+    def __init__(self, study: Any) -> None:
+        self.study = study
+
+    @property
+    def definition(self) -> dict[str, Any]:
+        return dict(self.study.user_attrs.get(self.DEFINITION, {}))
+
+    def set_definition(self, value: dict[str, Any]) -> None:
+        self.study.set_user_attr(self.DEFINITION, value)
+
+    def validated(self) -> dict[int, Validated]:
+        raw = self.study.user_attrs.get(self.VALIDATED, {})
+        return {int(k): Validated.from_dict(v) for k, v in raw.items()}
+
+    def set_validated(self, entries: dict[int, Validated]) -> None:
+        self.study.set_user_attr(self.VALIDATED, {str(k): v.to_dict() for k, v in entries.items()})
+
+    @property
+    def baselines_enqueued(self) -> bool:
+        return bool(self.study.user_attrs.get(self.BASELINES_ENQUEUED))
+
+    def mark_baselines_enqueued(self) -> None:
+        self.study.set_user_attr(self.BASELINES_ENQUEUED, True)

@@ -1,0 +1,100 @@
+"""The winner's curse: re-score the top trials and both baselines at ``final_n`` on fresh seeds.
+
+This module is the one writer of validated results: each re-scored trial goes to the study's record and to the
+store (:meth:`BestStore.record`, whose best row only changes for a validated better value).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from skipsearch.models import SkipAdapter
+from skipsearch.proxy.fid_proxy import FidProxy
+from skipsearch.schedule import SkipSchedule
+from skipsearch.search.definition import StudyDefinition
+from skipsearch.search.objective import TRIAL_FAILURES
+from skipsearch.search.records import StudyRecord, TrialRecord, Validated
+from skipsearch.store import BestStore, Validation
+
+
+class StudySession(Protocol):
+    """What validation needs of :class:`skipsearch.search.session.StudySession`."""
+
+    definition: StudyDefinition
+    adapter: SkipAdapter
+    proxy: FidProxy
+    study: optuna.Study
+    store: BestStore
+    objective: Any
+
+
+def validation_candidates(trials: Iterable[FrozenTrial], top_k: int,
+                          extra: tuple[int, float, bool] | None = None) -> list[int]:
+    """Numbers of the trials to re-score: the ``top_k`` best complete ones, then every baseline with a schedule
+    (pruned baselines too: the lift is always reported against both). ``extra`` is (number, value, is_baseline)
+    of a trial finishing right now."""
+    complete: list[tuple[int, float, bool]] = []
+    baselines: list[int] = []
+    for t in trials:
+        record = TrialRecord.read(t)
+        if record.baseline and record.schedule and t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            baselines.append(t.number)
+        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
+            complete.append((t.number, t.value, bool(record.baseline)))
+    if extra is not None and math.isfinite(extra[1]):
+        complete.append(extra)
+        if extra[2]:
+            baselines.append(extra[0])
+    ranked = [n for n, _, _ in sorted(complete, key=lambda row: row[1])[:top_k]]
+    return ranked + [n for n in dict.fromkeys(baselines) if n not in ranked]
+
+
+def validate(session: StudySession, top_k: int | None = None,
+             on_done: Callable[[FrozenTrial, float], None] | None = None) -> list[dict]:
+    """Re-evaluate the candidates at ``final_n``; record each; returns one dict per candidate."""
+    config = session.definition.search
+    study_record = StudyRecord(session.study)
+    validated = study_record.validated()
+    trials = {t.number: t for t in session.study.get_trials(deepcopy=False)}
+    results = []
+    for number in validation_candidates(trials.values(), config.validate_top_k if top_k is None else top_k):
+        trial = trials[number]
+        record = TrialRecord.read(trial)
+        schedule = SkipSchedule.from_dict(record.schedule)
+        entry = validated.get(number)
+        if entry is None or entry.n != config.final_n:
+            try:
+                proxy = session.objective.proxy_for_validation(trial)
+                result = proxy.evaluate(schedule, rungs=[config.final_n], seed_offset=config.validation_seed_offset,
+                                        preview=0)
+            except TRIAL_FAILURES as exc:
+                validated[number] = Validated(n=config.final_n, error=f"{type(exc).__name__}: {exc}",
+                                              baseline=record.baseline)
+                study_record.set_validated(validated)
+                results.append({"trial": number, **validated[number].to_dict()})
+                continue
+            seeds = f"{result.seeds[0]}-{result.seeds[1] - 1}"
+            entry = Validated(n=result.n, value=result.value, proxy=trial.value, seeds=seeds,
+                              baseline=record.baseline)
+            validated[number] = entry
+            study_record.set_validated(validated)
+            provenance = {**schedule.provenance, "study": session.study.study_name, "trial": number,
+                          "validated": {"metric": session.proxy.config.metric, "value": result.value,
+                                        "n": result.n, "seeds": seeds, "extractor": result.extractor}}
+            schedule = schedule.with_metadata(provenance=provenance)
+            session.store.record(Validation(
+                model_name=session.adapter.name, weights_sha256=session.adapter.identity.sha256,
+                sampler=session.definition.sampler, nfe=session.definition.nfe,
+                metric=session.proxy.config.metric, value=result.value, n=result.n, seeds=seeds,
+                extractor=result.extractor, extractor_sha256=result.extractor_sha256,
+                schedule_json=schedule.to_json(), space=session.definition.space,
+                study_name=session.study.study_name, trial_number=number, proxy_value=trial.value))
+        if on_done is not None and entry.value is not None:
+            on_done(trial, entry.value)
+        results.append({"trial": number, **entry.to_dict()})
+    return results
