@@ -13,7 +13,7 @@ import time
 import torch
 
 from skipsearch.models import load_model
-from skipsearch.schedule.core import SkipSchedule
+from skipsearch.schedule import SkipSchedule
 
 
 def timed(fn, repeats: int) -> float:

@@ -27,7 +27,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
-        definition = StudyDefinition(trials=args.trials, proxy=ProxyConfig(rungs=tuple(map(int, args.rungs.split(",")))),
+        rungs = tuple(map(int, args.rungs.split(",")))
+        definition = StudyDefinition(trials=args.trials, proxy=ProxyConfig(rungs=rungs),
                                      search=SearchConfig(pruner="none"))
         session = open_session(definition, storage_url=f"sqlite:///{folder}/overhead.db")
         session.run(args.trials)

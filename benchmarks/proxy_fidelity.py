@@ -28,7 +28,7 @@ from skipsearch.proxy.fid_proxy import reference_features
 from skipsearch.proxy.metrics import fid_result, kid
 from skipsearch.proxy.stats import FeatureStats, compute_reference_stats
 from skipsearch.sampling.generate import generate
-from skipsearch.schedule.core import SkipSchedule
+from skipsearch.schedule import SkipSchedule
 
 REF_SEED_OFFSET = 5_000_000
 

@@ -21,7 +21,7 @@ import torch
 from skipsearch.models import load_model
 from skipsearch.proxy.config import ProxyConfig
 from skipsearch.proxy.fid_proxy import FidProxy
-from skipsearch.schedule.core import SkipSchedule
+from skipsearch.schedule import SkipSchedule
 from skipsearch.search.definition import SearchConfig
 from skipsearch.search.objective import Objective
 from skipsearch.search.session import make_pruner
@@ -69,7 +69,8 @@ def main() -> None:
     grid_calls, grid_seconds = calls["n"], time.perf_counter() - start
     best_rho = min(grid, key=grid.get)
     print(f"bundled model, heun NFE {args.nfe}, proxy FID (mnist-features) at n={rungs[-1]}, CRN seeds 0..")
-    print(f"grid: {len(grid)} points, best rho_bottom {best_rho:.2f} FID {grid[best_rho]:.3f} (rho=1: {grid[1.0]:.3f}),"
+    print(f"grid: {len(grid)} points, best rho_bottom {best_rho:.2f} FID {grid[best_rho]:.3f} "
+          f"(rho=1: {grid[1.0]:.3f}),"
           f" {grid_calls} denoiser calls, {grid_seconds:.0f}s")
 
     ctx = SpaceContext(num_skip_points=k, level_of_point=model.level_of_points(), num_steps=(args.nfe + 1) // 2)

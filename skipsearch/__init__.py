@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from skipsearch.execution.local import optimize
     from skipsearch.models import adapt, apply, load_model
-    from skipsearch.schedule.core import SkipSchedule
+    from skipsearch.schedule import SkipSchedule
 
 __all__ = ["SkipSchedule", "adapt", "apply", "load_model", "optimize", "__version__"]
 __getattr__ = lazy_exports(__name__, {"adapt": "skipsearch.models", "apply": "skipsearch.models",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import sys
 
@@ -15,7 +14,7 @@ import skipsearch.models
 from skipsearch.models.generic import GenericAdapter
 from skipsearch.models.hooks import SkipPoint, install_observers
 from skipsearch.models.parametrization import DataParametrization, EpsilonParametrization
-from skipsearch.schedule.core import SkipSchedule
+from skipsearch.schedule import SkipSchedule
 
 diffusers = pytest.importorskip("diffusers")
 from skipsearch.models.diffusers_adapter import DiffusersAdapter, _require_diffusers  # noqa: E402

@@ -8,7 +8,7 @@ import numpy as np
 from cli_helpers import assert_one_line_error, run_cli
 from PIL import Image
 
-from skipsearch.schedule.core import SkipSchedule
+from skipsearch.schedule import SkipSchedule
 
 
 def test_models_lists_presets(capsys):

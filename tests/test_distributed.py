@@ -196,13 +196,11 @@ def test_ctrl_c_kills_workers_and_the_study_resumes(ray_runtime: None, tmp_path:
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    import skipsearch.search.session
     from skipsearch.execution.ray import run_on_ray
     from skipsearch.search.definition import default_study
     from skipsearch.search.session import open_session
 
-    # The heartbeat of this process's storage (it fails stale trials) and of the workers (the env is forwarded).
-    monkeypatch.setattr(skipsearch.search.session, "HEARTBEAT_SECONDS", 1)
+    # The heartbeat of this process's storage (it fails stale trials) and of the workers (settings are forwarded).
     monkeypatch.setenv("SKIPSEARCH_HEARTBEAT_SECONDS", "1")
     monkeypatch.setenv("SKIPSEARCH_HOME", str(tmp_path))
     definition = default_study("edm").override(nfe=5, trials=6, proxy__rungs=(24, 48), search__final_n=48,

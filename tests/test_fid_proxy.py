@@ -10,7 +10,7 @@ from skipsearch.proxy.config import ProxyConfig
 from skipsearch.proxy.errors import ProxyConfigError
 from skipsearch.proxy.fid_proxy import FidProxy
 from skipsearch.sampling.generate import NonFiniteOutputError
-from skipsearch.schedule.core import SkipSchedule
+from skipsearch.schedule import SkipSchedule
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from skipsearch import apply
 from skipsearch.models.checkpoints import create_network
 from skipsearch.models.edm import edm_skip_points
-from skipsearch.schedule.core import ModelIdentity, ScheduleError, SkipSchedule
+from skipsearch.schedule import ModelIdentity, ScheduleError, SkipSchedule
 
 
 def _batch(adapter, n=4, seed=0):

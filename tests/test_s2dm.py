@@ -29,6 +29,7 @@ import pytest
 import torch
 from torch import nn
 
+from skipsearch.settings import Settings
 from skipsearch.training.edm import EDMLoss
 from skipsearch.training.loop import TrainConfig, train
 from skipsearch.training.s2dm import (
@@ -322,13 +323,14 @@ def test_s2dm_spaces_and_budget():
     combined = baselines(get_space("s2dm+linear", ctx), nfe=9)
     assert [b.params["rho_bottom"] for b in combined] == [1.0, pytest.approx(0.68)]
     assert all(b.params["tau"] == 1.0 and b.params["lr"] == 1e-4 for b in combined)
-    budget = FinetuneBudget.from_env({"SKIPSEARCH_S2DM_STEPS": "10", "SKIPSEARCH_S2DM_SEGMENTS": "3"})
+    budget = FinetuneBudget.from_settings(Settings.from_env({"SKIPSEARCH_S2DM_STEPS": "10",
+                                                             "SKIPSEARCH_S2DM_SEGMENTS": "3"}))
     assert (budget.steps, budget.segments, budget.batch_size) == (10, 3, 32)
     assert budget.segment_steps() == [4, 8, 10]
     assert FinetuneBudget(steps=2, segments=5).segment_steps() == [1, 2]
-    from skipsearch.search.definition import StudyDefinitionError
-    with pytest.raises(StudyDefinitionError, match="SKIPSEARCH_S2DM_BATCH"):
-        FinetuneBudget.from_env({"SKIPSEARCH_S2DM_BATCH": "lots"})
+    from skipsearch.settings import SettingsError
+    with pytest.raises(SettingsError, match="SKIPSEARCH_S2DM_BATCH"):
+        FinetuneBudget.from_settings(Settings.from_env({"SKIPSEARCH_S2DM_BATCH": "lots"}))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -361,7 +363,7 @@ def s2dm_run(tmp_path_factory):
 
 def test_finetune_study_through_the_cli(s2dm_run):
     from skipsearch.models.checkpoints import file_sha256
-    from skipsearch.schedule.core import SkipSchedule
+    from skipsearch.schedule import SkipSchedule
     from skipsearch.search.finetune import read_card
     home, url, export, proc = s2dm_run
     assert proc.returncode == 0, proc.stderr[-3000:]

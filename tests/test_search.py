@@ -15,7 +15,7 @@ import optuna
 import pytest
 from cli_helpers import assert_one_line_error, run_cli
 
-from skipsearch.schedule.core import SkipSchedule
+from skipsearch.schedule import SkipSchedule
 from skipsearch.store import BestStore
 
 TINY = ["--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "1", "--device", "cpu"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from skipsearch.errors import SkipsearchError
-from skipsearch.schedule.core import SkipSchedule
+from skipsearch.schedule import SkipSchedule
 from skipsearch.store import BestRow, BestStore
 
 

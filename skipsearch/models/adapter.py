@@ -12,7 +12,7 @@ from torch.utils.hooks import RemovableHandle
 from skipsearch.data import SYMMETRIC, DataRange
 from skipsearch.models.errors import ModelError
 from skipsearch.models.hooks import SigmaProbe, SkipPoint, install_observers, install_skip_hooks, scale_output
-from skipsearch.schedule.core import ModelIdentity, ScheduleError, SkipSchedule
+from skipsearch.schedule import ModelIdentity, ScheduleError, SkipSchedule
 
 
 def state_dict_sha256(module: nn.Module) -> str:
@@ -106,6 +106,18 @@ class SkipAdapter:
                 sha = hashlib.sha256(f"{sha}:{self.spec_digest}".encode()).hexdigest()
             self._identity = ModelIdentity(self.name, sha, len(self.skip_points))
         return self._identity
+
+    @property
+    def timestep_sigmas(self) -> torch.Tensor | None:
+        """A discrete-time (DDPM) model's sigma per training timestep (ascending in t); None for continuous ones."""
+        table = getattr(getattr(self, "parametrization", None), "sigmas", None)
+        return table if isinstance(table, torch.Tensor) else None
+
+    @property
+    def default_spacing(self) -> str:
+        """The sampling grid used unless a study or flag names one: trailing timesteps for discrete models (they
+        start at the last training timestep, like diffusers' trailing spacing), EDM's Karras grid otherwise."""
+        return "trailing" if self.timestep_sigmas is not None else "karras"
 
     @property
     def device(self) -> torch.device:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from skipsearch.schedule.core import SkipSchedule
+from skipsearch.schedule import SkipSchedule
 
 
 @dataclass(frozen=True)

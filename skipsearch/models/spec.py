@@ -222,7 +222,8 @@ def _parametrization(source: str, p: dict[str, Any]) -> Parametrization:
     if schedule == "given":
         abar = p.get("alphas_cumprod")
         if abar is None:
-            raise _fail(source, "[parametrization] beta_schedule = 'given' needs alphas_cumprod (a list or .npy file)")
+            raise _fail(source, "[parametrization] beta_schedule = 'given' needs alphas_cumprod "
+                                "(a list or .npy file)")
         if not isinstance(abar, (str, list)):
             raise _fail(source, "[parametrization] alphas_cumprod must be a list of numbers or a .npy file name")
         values["alphas_cumprod"] = abar

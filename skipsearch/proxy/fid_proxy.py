@@ -31,7 +31,7 @@ from skipsearch.proxy.stats import (
     load_npz,
 )
 from skipsearch.sampling.generate import generate
-from skipsearch.schedule.core import SkipSchedule
+from skipsearch.schedule import SkipSchedule
 from skipsearch.settings import Settings
 
 

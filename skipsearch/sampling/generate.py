@@ -14,7 +14,7 @@ from skipsearch.errors import SkipsearchError
 from skipsearch.models.adapter import SkipAdapter
 from skipsearch.sampling.noise import SeededNoise
 from skipsearch.sampling.samplers import get_sampler, sample
-from skipsearch.schedule.core import Churn, SkipSchedule
+from skipsearch.schedule import Churn, SkipSchedule
 
 
 class NonFiniteOutputError(SkipsearchError, RuntimeError):
@@ -72,6 +72,9 @@ def generate(adapter: SkipAdapter, *, sampler: str, nfe: int, seeds: Sequence[in
     if not get_sampler(sampler).stochastic and churn.s_churn == 0:
         churn = Churn()
     batch_size = batch_size or default_batch_size(device, adapter.img_shape)
+    discrete = adapter.timestep_sigmas is not None
+    options = {"spacing": adapter.default_spacing, "timestep_sigmas": adapter.timestep_sigmas,
+               "vp_start": discrete, **sampler_options}
     seeds = [int(s) for s in seeds]
     chunks: list[torch.Tensor] = []
     calls = 0
@@ -88,7 +91,7 @@ def generate(adapter: SkipAdapter, *, sampler: str, nfe: int, seeds: Sequence[in
                 result = sample(lambda x, sigma: adapter.denoise(x, sigma, labels), latents, sampler=sampler,
                                 nfe=nfe, sigma_min=adapter.sigma_min, sigma_max=adapter.sigma_max,
                                 round_sigma=adapter.round_sigma,  # identity unless the model has a sigma grid
-                                noise=noise, churn=churn, **sampler_options)
+                                noise=noise, churn=churn, **options)
                 if not torch.isfinite(result.x).all():
                     bad = [s for s, ok in zip(batch_seeds, torch.isfinite(result.x).flatten(1).all(1)) if not ok]
                     raise NonFiniteOutputError(f"non-finite images for seeds {bad[:5]} (sampler {sampler}, "

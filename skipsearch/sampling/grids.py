@@ -9,7 +9,9 @@ import torch
 
 from skipsearch.schedule.validation import ScheduleError, positive_int
 
-__all__ = ["RoundSigma", "karras_interval_bounds", "karras_sigmas"]
+__all__ = ["DISCRETE_SPACINGS", "SPACINGS", "RoundSigma", "discrete_timesteps", "karras_interval_bounds",
+           "karras_sigmas",
+           "sampling_sigmas"]
 
 RoundSigma = Callable[[torch.Tensor], torch.Tensor]
 
@@ -49,3 +51,64 @@ def karras_interval_bounds(sigma_min: float, sigma_max: float, num_steps: int, s
     sigmas = karras_sigmas(num_steps, sigma_min, sigma_max, rho)[:-1].tolist()  # without the final 0
     inner = [math.sqrt(sigmas[k - 1] * sigmas[k]) for k in range(steps_per_interval, len(sigmas), steps_per_interval)]
     return (math.inf, *inner, 0.0)
+
+
+# Timestep spacings for discrete-time (DDPM) models, with diffusers' meanings; karras and log-snr work for any model.
+SPACINGS = ("karras", "log-snr", "linspace", "uniform", "leading", "trailing")
+DISCRETE_SPACINGS = ("linspace", "uniform", "leading", "trailing")
+
+
+def discrete_timesteps(spacing: str, num_steps: int, num_timesteps: int) -> list[int]:
+    """The N evaluation timesteps (descending) of a discrete model with T training steps.
+
+    ``leading`` (DDIM's default): ``arange(N) * (T // N)``; ``trailing``: ``round(arange(T, 0, -T/N)) - 1``;
+    ``linspace``/``uniform`` (DPM-Solver's and UniPC's default): ``linspace(0, T - 1, N + 1)`` rounded, t = 0
+    dropped. Every sampler then steps from each timestep's sigma to the next and finally to sigma = 0.
+    """
+    if num_steps > num_timesteps:
+        raise ValueError(f"{num_steps} steps exceed the model's {num_timesteps} timesteps")
+    if spacing == "leading":
+        ratio = num_timesteps // num_steps
+        steps = [i * ratio for i in range(num_steps)]
+    elif spacing == "trailing":
+        ratio = num_timesteps / num_steps
+        steps = [int(round(num_timesteps - i * ratio)) - 1 for i in range(num_steps)][::-1]
+    elif spacing in ("linspace", "uniform"):
+        points = torch.linspace(0, num_timesteps - 1, num_steps + 1, dtype=torch.float64).round().long().tolist()
+        steps = points[1:]
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; use {', '.join(DISCRETE_SPACINGS)}")
+    ordered = sorted(set(steps), reverse=True)
+    if len(ordered) != num_steps:
+        raise ValueError(f"{spacing} spacing gives repeated timesteps for {num_steps} steps of {num_timesteps}")
+    return ordered
+
+
+def sampling_sigmas(num_steps: int, *, spacing: str = "karras", sigma_min: float, sigma_max: float,
+                    rho: float = 7.0, round_sigma: RoundSigma | None = None,
+                    timestep_sigmas: torch.Tensor | None = None,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """The sampler's noise levels: ``num_steps`` descending sigmas then a final 0 (float64).
+
+    ``karras``: EDM's rho-spaced grid; ``log-snr``: uniform in log sigma (= uniform log-SNR); both snapped by
+    ``round_sigma``. The discrete spacings pick timesteps of ``timestep_sigmas`` (the model's sigma per timestep,
+    ascending in t) exactly.
+    """
+    if spacing == "karras":
+        return karras_sigmas(num_steps, sigma_min, sigma_max, rho, round_sigma, device=device)
+    if spacing == "log-snr":
+        if not 0 < sigma_min <= sigma_max:
+            raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
+        ramp = torch.arange(num_steps, dtype=torch.float64, device=device) / max(num_steps - 1, 1)
+        sigmas = (math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max))).exp()
+        if round_sigma is not None:
+            sigmas = torch.as_tensor(round_sigma(sigmas)).to(device=sigmas.device, dtype=torch.float64)
+        return torch.cat([sigmas.reshape(num_steps), sigmas.new_zeros(1)])
+    if spacing not in DISCRETE_SPACINGS:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
+    if timestep_sigmas is None:
+        raise ValueError(f"{spacing} spacing needs a discrete-time (DDPM) model; use karras or log-snr")
+    table = torch.as_tensor(timestep_sigmas, dtype=torch.float64)
+    steps = discrete_timesteps(spacing, num_steps, int(table.numel()))
+    sigmas = table[torch.tensor(steps)].to(device=device)
+    return torch.cat([sigmas, sigmas.new_zeros(1)])

@@ -21,9 +21,9 @@ import torch
 
 from skipsearch.errors import SkipsearchError
 from skipsearch.registry import Registry
-from skipsearch.sampling.grids import RoundSigma, karras_sigmas
+from skipsearch.sampling.grids import RoundSigma, karras_sigmas, sampling_sigmas
 from skipsearch.sampling.noise import SeededNoise
-from skipsearch.schedule.core import Churn
+from skipsearch.schedule import Churn
 
 __all__ = [
     "Denoiser",
@@ -340,7 +340,8 @@ for _spec in (
     SamplerSpec("dpmpp_2m", sample_dpmpp_2m, False, _nfe_one_per_step, "DPM-Solver++(2M), deterministic"),
     SamplerSpec("unipc", sample_unipc, False, _nfe_one_per_step,
                 "UniPC multistep, data prediction (options: order 1-3, variant bh1/bh2)"),
-    SamplerSpec("ddim", sample_ddim, True, _nfe_one_per_step, "DDIM in sigma form (option eta; eta=0 is Euler)"),
+    # Not "stochastic": no EDM churn is searched for DDIM; its own noise (eta) is an option, 0 = deterministic.
+    SamplerSpec("ddim", sample_ddim, False, _nfe_one_per_step, "DDIM in sigma form (option eta; eta=0 is Euler)"),
 ):
     SAMPLERS.register(_spec.name, _spec)
 del _spec
@@ -374,17 +375,23 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
 
 def sample(denoiser: Denoiser, x: torch.Tensor, *, sampler: str, nfe: int, sigma_min: float, sigma_max: float,
            rho: float = 7.0, round_sigma: RoundSigma | None = None, noise: SeededNoise | None = None,
-           churn: Churn = Churn(), **options: object) -> SampleResult:
-    """Samples from standard-normal latents ``x`` with exactly ``nfe`` denoiser calls on EDM's Karras schedule.
+           churn: Churn = Churn(), spacing: str = "karras", timestep_sigmas: torch.Tensor | None = None,
+           vp_start: bool = False, **options: object) -> SampleResult:
+    """Samples from standard-normal latents ``x`` with exactly ``nfe`` denoiser calls.
 
-    The start is ``x * sigma_max`` in float64 (after round_sigma); ``options`` go to the sampler (e.g. order, eta).
+    The grid is ``spacing`` (:func:`skipsearch.sampling.grids.sampling_sigmas`: Karras by default, or a timestep
+    spacing of a discrete model's ``timestep_sigmas``). The start is ``x * sigma_0`` in float64 (EDM), or with
+    ``vp_start`` ``x * sqrt(sigma_0^2 + 1)``: a VP model's prior N(0, I) at its first timestep, as diffusers starts.
+    ``options`` go to the sampler (e.g. order, eta).
     """
     spec = get_sampler(sampler)
     steps = steps_for_nfe(sampler, nfe)
-    sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho, round_sigma, device=x.device)
+    sigmas = sampling_sigmas(steps, spacing=spacing, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
+                             round_sigma=round_sigma, timestep_sigmas=timestep_sigmas, device=x.device)
     if round_sigma is not None and spec.stochastic:
         options.setdefault("round_sigma", round_sigma)
-    result = spec.fn(denoiser, x.to(torch.float64) * sigmas[0], sigmas, noise=noise, churn=churn, **options)
+    start = math.sqrt(float(sigmas[0]) ** 2 + 1) if vp_start else sigmas[0]
+    result = spec.fn(denoiser, x.to(torch.float64) * start, sigmas, noise=noise, churn=churn, **options)
     if result.nfe != nfe:
         raise AssertionError(f"{sampler} made {result.nfe} denoiser calls, expected {nfe}")
     return result

@@ -12,17 +12,18 @@ from skipsearch.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from skipsearch.schedule.codec import SCHEMA
-    from skipsearch.schedule.core import Churn, ModelIdentity, SkipSchedule
+    from skipsearch.schedule.core import SkipSchedule
     from skipsearch.schedule.limits import EPS_SCALE_RANGE, LAYER_WISE_BOUNDS, RHO_RANGE
     from skipsearch.schedule.validation import ScheduleError
+    from skipsearch.schedule.values import Churn, ModelIdentity
 
 _HOMES = {
     "EPS_SCALE_RANGE": "limits",
     "LAYER_WISE_BOUNDS": "limits",
     "RHO_RANGE": "limits",
     "SCHEMA": "codec",
-    "Churn": "core",
-    "ModelIdentity": "core",
+    "Churn": "values",
+    "ModelIdentity": "values",
     "ScheduleError": "validation",
     "SkipSchedule": "core",
 }

@@ -11,10 +11,12 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from skipsearch.schedule.core import Churn, ModelIdentity, SkipSchedule
 from skipsearch.schedule.validation import ScheduleError, encode_floats, float_for_json, fmt
+from skipsearch.schedule.values import Churn, ModelIdentity
+
+S = TypeVar("S", bound=Any)  # SkipSchedule: the class is passed in, so this module never imports it
 
 __all__ = ["SCHEMA", "from_dict", "from_json", "load", "save", "to_dict", "to_json"]
 
@@ -23,7 +25,7 @@ _DOC_FIELDS = ("schema", "family", "params", "rho", "sigma_bounds", "churn", "ep
                "provenance")
 
 
-def to_dict(schedule: SkipSchedule) -> dict[str, Any]:
+def to_dict(schedule: Any) -> dict[str, Any]:
     """The ``skipsearch.schedule/v1`` document as plain JSON-ready Python (inf written as "inf")."""
     return {
         "schema": SCHEMA,
@@ -40,12 +42,12 @@ def to_dict(schedule: SkipSchedule) -> dict[str, Any]:
     }
 
 
-def to_json(schedule: SkipSchedule, indent: int | None = 2) -> str:
+def to_json(schedule: Any, indent: int | None = 2) -> str:
     """The document as standard JSON text (no NaN/Infinity literals)."""
     return json.dumps(to_dict(schedule), indent=indent, allow_nan=False)
 
 
-def save(schedule: SkipSchedule, path: str | os.PathLike) -> Path:
+def save(schedule: Any, path: str | os.PathLike) -> Path:
     """Write the JSON document (creating parent folders) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,7 @@ def save(schedule: SkipSchedule, path: str | os.PathLike) -> Path:
     return path
 
 
-def from_dict(d: Any, *, expect_model: ModelIdentity | None = None) -> SkipSchedule:
+def from_dict(cls: type[S], d: Any, *, expect_model: ModelIdentity | None = None) -> S:
     """Parse and strictly validate a ``skipsearch.schedule/v1`` document; optionally check it fits a model."""
     if not isinstance(d, Mapping):
         raise ScheduleError(f"schedule document must be a JSON object, got {type(d).__name__}")
@@ -74,7 +76,7 @@ def from_dict(d: Any, *, expect_model: ModelIdentity | None = None) -> SkipSched
     model = None if d.get("model") is None else ModelIdentity.from_dict(d["model"], "schedule.model")
     params = {} if d.get("params") is None else d["params"]
     provenance = {} if d.get("provenance") is None else d["provenance"]
-    schedule = SkipSchedule(rho=d["rho"], sigma_bounds=d["sigma_bounds"], churn=churn,
+    schedule = cls(rho=d["rho"], sigma_bounds=d["sigma_bounds"], churn=churn,
                             eps_scale=d.get("eps_scale", 1.0), family=d.get("family", "free"), params=params,
                             model=model, sampler=d.get("sampler"), nfe=d.get("nfe"), provenance=provenance)
     if expect_model is not None:
@@ -82,7 +84,7 @@ def from_dict(d: Any, *, expect_model: ModelIdentity | None = None) -> SkipSched
     return schedule
 
 
-def from_json(text: str, *, expect_model: ModelIdentity | None = None, source: str = "<string>") -> SkipSchedule:
+def from_json(cls: type[S], text: str, *, expect_model: ModelIdentity | None = None, source: str = "<string>") -> S:
     """Parse a JSON document; ``source`` (a path) is named in the message if the text is not valid JSON."""
     try:
         d = json.loads(text)
@@ -90,10 +92,10 @@ def from_json(text: str, *, expect_model: ModelIdentity | None = None, source: s
         raise ScheduleError(f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     if not isinstance(d, dict):
         raise ScheduleError(f"{source}: schedule document must be a JSON object, got {type(d).__name__}")
-    return from_dict(d, expect_model=expect_model)
+    return from_dict(cls, d, expect_model=expect_model)
 
 
-def load(path: str | os.PathLike, *, expect_model: ModelIdentity | None = None) -> SkipSchedule:
+def load(cls: type[S], path: str | os.PathLike, *, expect_model: ModelIdentity | None = None) -> S:
     """Read a schedule file; every error message starts with the path."""
     path = Path(path)
     if not path.is_file():
@@ -103,7 +105,7 @@ def load(path: str | os.PathLike, *, expect_model: ModelIdentity | None = None) 
     except (OSError, UnicodeDecodeError) as exc:
         raise ScheduleError(f"{path}: cannot read schedule file: {exc}") from None
     try:
-        return from_json(text, expect_model=expect_model, source=str(path))
+        return from_json(cls, text, expect_model=expect_model, source=str(path))
     except ScheduleError as exc:
         message = str(exc)
         raise ScheduleError(message if message.startswith(str(path)) else f"{path}: {message}") from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,107 +20,21 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from skipsearch.schedule import codec, families
 from skipsearch.schedule.limits import EPS_SCALE_RANGE, LAYER_WISE_BOUNDS, RHO_RANGE
 from skipsearch.schedule.validation import (
     ScheduleError,
-    float_for_json,
     fmt,
     jsonable,
     positive_int,
     to_float,
     validate_bounds,
 )
+from skipsearch.schedule.values import Churn, ModelIdentity
 
 __all__ = ["Churn", "ModelIdentity", "ScheduleError", "SkipSchedule"]
 
 _METADATA_FIELDS = ("model", "sampler", "nfe", "provenance")
-
-
-@dataclass(frozen=True)
-class Churn:
-    """EDM stochastic sampling strength (Karras et al. 2022, Alg. 2); the defaults mean deterministic sampling."""
-
-    s_churn: float = 0.0
-    s_min: float = 0.0
-    s_max: float = math.inf
-    s_noise: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("s_churn", "s_min", "s_max", "s_noise"):
-            value = to_float(getattr(self, name), f"churn.{name}")
-            if math.isnan(value) or (math.isinf(value) and name != "s_max"):
-                raise ScheduleError(f"churn.{name}: {value} must be finite")
-            object.__setattr__(self, name, value)
-        if self.s_churn < 0:
-            raise ScheduleError(f"churn.s_churn: {self.s_churn} must be >= 0")
-        if self.s_min < 0:
-            raise ScheduleError(f"churn.s_min: {self.s_min} must be >= 0")
-        if self.s_max < self.s_min:
-            raise ScheduleError(f"churn.s_max: {self.s_max} must be >= s_min ({self.s_min})")
-        if self.s_noise <= 0:
-            raise ScheduleError(f"churn.s_noise: {self.s_noise} must be > 0")
-
-    @property
-    def is_deterministic(self) -> bool:
-        """True when no noise is injected (s_churn == 0)."""
-        return self.s_churn == 0.0
-
-    def to_dict(self) -> dict[str, float | str]:
-        return {name: float_for_json(getattr(self, name)) for name in ("s_churn", "s_min", "s_max", "s_noise")}
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "churn") -> Churn:
-        """Parse a ``churn`` block; unknown or non-numeric fields raise ScheduleError naming ``where``."""
-        if not isinstance(d, Mapping):
-            raise ScheduleError(f"{where}: must be an object with s_churn, s_min, s_max, s_noise, got {fmt(d)}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in known:
-                raise ScheduleError(f"{where}: unknown field {fmt(key)} (known: {', '.join(sorted(known))})")
-        values = {key: to_float(value, f"{where}.{key}") for key, value in d.items()}
-        try:
-            return cls(**values)
-        except ScheduleError as exc:
-            # Re-root 'churn.x' under the caller's path, e.g. 'schedule.churn.x'.
-            raise ScheduleError(f"{where}{str(exc)[len('churn'):]}") from None
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """Which pretrained network a schedule was searched for: a readable name, the weights' sha256, skip count."""
-
-    name: str
-    sha256: str
-    num_skip_points: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ScheduleError(f"model.name: {fmt(self.name)} must be a non-empty string")
-        if not isinstance(self.sha256, str):
-            raise ScheduleError(f"model.sha256: {fmt(self.sha256)} must be a string (hex digest, or '' if unknown)")
-        object.__setattr__(self, "num_skip_points", positive_int(self.num_skip_points, "model.num_skip_points"))
-
-    def describe(self) -> str:
-        return f"'{self.name}' ({self.num_skip_points} skip points)"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "sha256": self.sha256, "num_skip_points": self.num_skip_points}
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "model") -> ModelIdentity:
-        if not isinstance(d, Mapping):
-            raise ScheduleError(f"{where}: must be an object with name, sha256, num_skip_points, got {fmt(d)}")
-        for key in d:
-            if key not in ("name", "sha256", "num_skip_points"):
-                raise ScheduleError(f"{where}: unknown field {fmt(key)} (known: name, num_skip_points, sha256)")
-        for key in ("name", "sha256", "num_skip_points"):
-            if key not in d:
-                raise ScheduleError(f"{where}.{key}: missing")
-        try:
-            return cls(name=d["name"], sha256=d["sha256"], num_skip_points=d["num_skip_points"])
-        except ScheduleError as exc:
-            raise ScheduleError(f"{where}{str(exc)[len('model'):]}") from None
-
 
 
 @dataclass(frozen=True, eq=False)
@@ -333,102 +246,89 @@ class SkipSchedule:
                                 f"{self.model.sha256[:12]}... but the loaded weights have sha256 "
                                 f"{expected.sha256[:12]}...; search a schedule for these weights")
 
-    # -- constructors: the rules live in skipsearch.schedule.families (imported here, as it imports this module)
+    # -- constructors: the rules live in skipsearch.schedule.families
 
     @classmethod
     def constant(cls, rho: float, num_skip_points: int, *, sigma_bounds: Sequence[float] | None = None,
                  churn: Churn | None = None, eps_scale: float = 1.0) -> SkipSchedule:
         """The same rho at every skip point and sigma (the paper's single-rho setting, e.g. rho = 0.78)."""
-        from skipsearch.schedule import families
-        return families.constant(rho, num_skip_points, sigma_bounds=sigma_bounds, churn=churn, eps_scale=eps_scale)
+        return families.constant(cls, rho, num_skip_points, sigma_bounds=sigma_bounds, churn=churn,
+                                 eps_scale=eps_scale)
 
     @classmethod
     def identity(cls, num_skip_points: int, *, sigma_bounds: Sequence[float] | None = None) -> SkipSchedule:
         """rho = 1 everywhere: the unmodified network."""
-        from skipsearch.schedule import families
-        return families.identity(num_skip_points, sigma_bounds=sigma_bounds)
+        return families.identity(cls, num_skip_points, sigma_bounds=sigma_bounds)
 
     @classmethod
     def linear(cls, rho_bottom: float, rho_top: float, num_skip_points: int, *,
                sigma_bounds: Sequence[float] | None = None, churn: Churn | None = None,
                eps_scale: float = 1.0) -> SkipSchedule:
         """The paper's layer-wise rule rho_i = rho_bottom + (rho_top - rho_bottom) i/(K-1); K = 1 gives rho_bottom."""
-        from skipsearch.schedule import families
-        return families.linear(rho_bottom, rho_top, num_skip_points, sigma_bounds=sigma_bounds, churn=churn,
+        return families.linear(cls, rho_bottom, rho_top, num_skip_points, sigma_bounds=sigma_bounds, churn=churn,
                                eps_scale=eps_scale)
 
     @classmethod
     def per_layer(cls, values: Sequence[float], *, sigma_bounds: Sequence[float] | None = None,
                   churn: Churn | None = None, eps_scale: float = 1.0) -> SkipSchedule:
         """One free value per skip point, bottom first."""
-        from skipsearch.schedule import families
-        return families.per_layer(values, sigma_bounds=sigma_bounds, churn=churn, eps_scale=eps_scale)
+        return families.per_layer(cls, values, sigma_bounds=sigma_bounds, churn=churn, eps_scale=eps_scale)
 
     @classmethod
     def per_level(cls, level_values: Sequence[float], level_of_point: Sequence[int], *,
                   sigma_bounds: Sequence[float] | None = None, churn: Churn | None = None,
                   eps_scale: float = 1.0) -> SkipSchedule:
         """One value per resolution level, expanded to skip points by ``level_of_point[i]`` (the level of point i)."""
-        from skipsearch.schedule import families
-        return families.per_level(level_values, level_of_point, sigma_bounds=sigma_bounds, churn=churn,
+        return families.per_level(cls, level_values, level_of_point, sigma_bounds=sigma_bounds, churn=churn,
                                   eps_scale=eps_scale)
 
     @classmethod
     def intervals(cls, matrix: Sequence[Sequence[float]], sigma_bounds: Sequence[float], *,
                   churn: Churn | None = None, eps_scale: float = 1.0) -> SkipSchedule:
         """Dense free form: one row per interval of ``sigma_bounds``."""
-        from skipsearch.schedule import families
-        return families.intervals(matrix, sigma_bounds, churn=churn, eps_scale=eps_scale)
+        return families.intervals(cls, matrix, sigma_bounds, churn=churn, eps_scale=eps_scale)
 
     @classmethod
     def window(cls, sigma_bounds: Sequence[float], window: int, rho: float | Sequence[float],
                num_skip_points: int | None = None, *, churn: Churn | None = None,
                eps_scale: float = 1.0) -> SkipSchedule:
         """The paper's window search: ``rho`` only in interval ``window``; 1 elsewhere."""
-        from skipsearch.schedule import families
-        return families.window(sigma_bounds, window, rho, num_skip_points, churn=churn, eps_scale=eps_scale)
+        return families.window(cls, sigma_bounds, window, rho, num_skip_points, churn=churn, eps_scale=eps_scale)
 
     @classmethod
     def linear_in_time(cls, rho_0: float, num_skip_points: int, *,
                        direction: Literal["decreasing", "increasing"], sigma_min: float, sigma_max: float,
                        num_intervals: int = 8, churn: Churn | None = None, eps_scale: float = 1.0) -> SkipSchedule:
         """Paper §5.2: rho moves linearly (in log-sigma) between 1.0 and ``rho_0`` over [sigma_min, sigma_max]."""
-        from skipsearch.schedule import families
-        return families.linear_in_time(rho_0, num_skip_points, direction=direction, sigma_min=sigma_min,
+        return families.linear_in_time(cls, rho_0, num_skip_points, direction=direction, sigma_min=sigma_min,
                                        sigma_max=sigma_max, num_intervals=num_intervals, churn=churn,
                                        eps_scale=eps_scale)
 
-    # -- JSON: the skipsearch.schedule/v1 codec lives in skipsearch.schedule.codec (which imports this module)
+    # -- JSON: the skipsearch.schedule/v1 codec lives in skipsearch.schedule.codec
 
     def to_dict(self) -> dict[str, Any]:
         """The ``skipsearch.schedule/v1`` document as plain JSON-ready Python (inf written as "inf")."""
-        from skipsearch.schedule import codec
         return codec.to_dict(self)
 
     def to_json(self, indent: int | None = 2) -> str:
-        from skipsearch.schedule import codec
         return codec.to_json(self, indent=indent)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON document (creating parent folders) and return the path."""
-        from skipsearch.schedule import codec
         return codec.save(self, path)
 
     @classmethod
     def from_dict(cls, d: Any, *, expect_model: ModelIdentity | None = None) -> SkipSchedule:
         """Parse and strictly validate a ``skipsearch.schedule/v1`` document; optionally check it fits a model."""
-        from skipsearch.schedule import codec
-        return codec.from_dict(d, expect_model=expect_model)
+        return codec.from_dict(cls, d, expect_model=expect_model)
 
     @classmethod
     def from_json(cls, text: str, *, expect_model: ModelIdentity | None = None,
                   source: str = "<string>") -> SkipSchedule:
         """Parse a JSON document; ``source`` (a path) is named in the message if the text is not valid JSON."""
-        from skipsearch.schedule import codec
-        return codec.from_json(text, expect_model=expect_model, source=source)
+        return codec.from_json(cls, text, expect_model=expect_model, source=source)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, expect_model: ModelIdentity | None = None) -> SkipSchedule:
         """Read a schedule file; every error message starts with the path."""
-        from skipsearch.schedule import codec
-        return codec.load(path, expect_model=expect_model)
+        return codec.load(cls, path, expect_model=expect_model)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from skipsearch.schedule.core import Churn, SkipSchedule
 from skipsearch.schedule.limits import LAYER_WISE_BOUNDS
 from skipsearch.schedule.validation import ScheduleError, fmt, positive_int, to_float, validate_bounds
+from skipsearch.schedule.values import Churn
+
+S = TypeVar("S", bound=Any)  # SkipSchedule: the class is passed in, so this module never imports it
 
 __all__ = ["constant", "identity", "intervals", "linear", "linear_in_time", "linear_rho", "per_layer", "per_level",
            "window"]
@@ -30,53 +32,55 @@ def linear_rho(rho_bottom: float, rho_top: float, num_skip_points: int) -> list[
     return [bottom] if k == 1 else [bottom + (top - bottom) * i / (k - 1) for i in range(k)]
 
 
-def _layer_wise(row: Sequence[float], family: str, params: dict, sigma_bounds: Sequence[float] | None,
-                churn: Churn | None, eps_scale: float) -> SkipSchedule:
+def _layer_wise(cls: type[S], row: Sequence[float], family: str, params: dict, sigma_bounds: Sequence[float] | None,
+                churn: Churn | None, eps_scale: float) -> S:
     """One row repeated over every interval of ``sigma_bounds`` (default: a single interval)."""
     bounds = validate_bounds(LAYER_WISE_BOUNDS if sigma_bounds is None else sigma_bounds, None)
     matrix = np.tile(np.asarray(row, dtype=np.float64), (len(bounds) - 1, 1))
-    return SkipSchedule(rho=matrix, sigma_bounds=bounds, churn=churn or Churn(), eps_scale=eps_scale, family=family,
+    return cls(rho=matrix, sigma_bounds=bounds, churn=churn or Churn(), eps_scale=eps_scale, family=family,
                         params=params)
 
 
-def constant(rho: float, num_skip_points: int, *, sigma_bounds: Sequence[float] | None = None,
-             churn: Churn | None = None, eps_scale: float = 1.0) -> SkipSchedule:
+def constant(cls: type[S], rho: float, num_skip_points: int, *, sigma_bounds: Sequence[float] | None = None,
+             churn: Churn | None = None, eps_scale: float = 1.0) -> S:
     """The same rho at every skip point and sigma (the paper's single-rho setting, e.g. rho = 0.78)."""
     rho = to_float(rho, "rho")
     k = positive_int(num_skip_points, "num_skip_points")
-    return _layer_wise([rho] * k, "constant", {"rho": rho}, sigma_bounds, churn, eps_scale)
+    return _layer_wise(cls, [rho] * k, "constant", {"rho": rho}, sigma_bounds, churn, eps_scale)
 
 
-def identity(num_skip_points: int, *, sigma_bounds: Sequence[float] | None = None) -> SkipSchedule:
+def identity(cls: type[S], num_skip_points: int, *, sigma_bounds: Sequence[float] | None = None) -> S:
     """rho = 1 everywhere: the unmodified network."""
     k = positive_int(num_skip_points, "num_skip_points")
-    return _layer_wise([1.0] * k, "identity", {}, sigma_bounds, None, 1.0)
+    return _layer_wise(cls, [1.0] * k, "identity", {}, sigma_bounds, None, 1.0)
 
 
-def linear(rho_bottom: float, rho_top: float, num_skip_points: int, *, sigma_bounds: Sequence[float] | None = None,
-           churn: Churn | None = None, eps_scale: float = 1.0) -> SkipSchedule:
+def linear(cls: type[S], rho_bottom: float, rho_top: float, num_skip_points: int, *,
+           sigma_bounds: Sequence[float] | None = None,
+           churn: Churn | None = None, eps_scale: float = 1.0) -> S:
     """:func:`linear_rho` at every sigma."""
     bottom, top = to_float(rho_bottom, "rho_bottom"), to_float(rho_top, "rho_top")
     row = linear_rho(bottom, top, num_skip_points)
-    return _layer_wise(row, "linear", {"rho_bottom": bottom, "rho_top": top}, sigma_bounds, churn, eps_scale)
+    return _layer_wise(cls, row, "linear", {"rho_bottom": bottom, "rho_top": top}, sigma_bounds, churn, eps_scale)
 
 
 def _is_list(value: object) -> bool:
     return not isinstance(value, (str, bytes)) and isinstance(value, (Sequence, np.ndarray))
 
 
-def per_layer(values: Sequence[float], *, sigma_bounds: Sequence[float] | None = None, churn: Churn | None = None,
-              eps_scale: float = 1.0) -> SkipSchedule:
+def per_layer(cls: type[S], values: Sequence[float], *, sigma_bounds: Sequence[float] | None = None,
+              churn: Churn | None = None,
+              eps_scale: float = 1.0) -> S:
     """One free value per skip point, bottom first."""
     if not _is_list(values) or len(values) == 0:
         raise ScheduleError(f"values: must be a non-empty list of numbers, got {fmt(values)}")
     row = [to_float(v, f"values[{i}]") for i, v in enumerate(values)]
-    return _layer_wise(row, "per_layer", {"values": row}, sigma_bounds, churn, eps_scale)
+    return _layer_wise(cls, row, "per_layer", {"values": row}, sigma_bounds, churn, eps_scale)
 
 
-def per_level(level_values: Sequence[float], level_of_point: Sequence[int], *,
+def per_level(cls: type[S], level_values: Sequence[float], level_of_point: Sequence[int], *,
               sigma_bounds: Sequence[float] | None = None, churn: Churn | None = None,
-              eps_scale: float = 1.0) -> SkipSchedule:
+              eps_scale: float = 1.0) -> S:
     """One value per resolution level, expanded to skip points by ``level_of_point[i]`` (the level of point i)."""
     if not _is_list(level_values) or len(level_values) == 0:
         raise ScheduleError(f"level_values: must be a non-empty list of numbers, got {fmt(level_values)}")
@@ -91,19 +95,21 @@ def per_level(level_values: Sequence[float], level_of_point: Sequence[int], *,
                                 f"[0, {len(levels) - 1}] ({len(levels)} level values given)")
         mapping.append(int(level))
     row = [levels[level] for level in mapping]
-    return _layer_wise(row, "per_level", {"level_values": levels, "level_of_point": mapping}, sigma_bounds, churn,
+    params = {"level_values": levels, "level_of_point": mapping}
+    return _layer_wise(cls, row, "per_level", params, sigma_bounds, churn,
                        eps_scale)
 
 
-def intervals(matrix: Sequence[Sequence[float]], sigma_bounds: Sequence[float], *, churn: Churn | None = None,
-              eps_scale: float = 1.0) -> SkipSchedule:
+def intervals(cls: type[S], matrix: Sequence[Sequence[float]], sigma_bounds: Sequence[float], *,
+              churn: Churn | None = None,
+              eps_scale: float = 1.0) -> S:
     """Dense free form: one row per interval of ``sigma_bounds``."""
-    return SkipSchedule(rho=matrix, sigma_bounds=sigma_bounds, churn=churn or Churn(), eps_scale=eps_scale,
+    return cls(rho=matrix, sigma_bounds=sigma_bounds, churn=churn or Churn(), eps_scale=eps_scale,
                         family="intervals", params={})
 
 
-def window(sigma_bounds: Sequence[float], window: int, rho: float | Sequence[float],
-           num_skip_points: int | None = None, *, churn: Churn | None = None, eps_scale: float = 1.0) -> SkipSchedule:
+def window(cls: type[S], sigma_bounds: Sequence[float], window: int, rho: float | Sequence[float],
+           num_skip_points: int | None = None, *, churn: Churn | None = None, eps_scale: float = 1.0) -> S:
     """The paper's window search: ``rho`` only in interval ``window``; 1 elsewhere.
 
     ``rho`` is one value for every skip point or a per-point sequence (then ``num_skip_points`` may be left out).
@@ -123,13 +129,14 @@ def window(sigma_bounds: Sequence[float], window: int, rho: float | Sequence[flo
         k, param = len(row), row
     matrix = np.ones((n, k))
     matrix[window] = row
-    return SkipSchedule(rho=matrix, sigma_bounds=bounds, churn=churn or Churn(), eps_scale=eps_scale,
+    return cls(rho=matrix, sigma_bounds=bounds, churn=churn or Churn(), eps_scale=eps_scale,
                         family="window", params={"window": int(window), "rho": param})
 
 
-def linear_in_time(rho_0: float, num_skip_points: int, *, direction: Literal["decreasing", "increasing"],
+def linear_in_time(cls: type[S], rho_0: float, num_skip_points: int, *,
+                   direction: Literal["decreasing", "increasing"],
                    sigma_min: float, sigma_max: float, num_intervals: int = 8, churn: Churn | None = None,
-                   eps_scale: float = 1.0) -> SkipSchedule:
+                   eps_scale: float = 1.0) -> S:
     """Paper §5.2: rho moves linearly between 1.0 and ``rho_0`` over [sigma_min, sigma_max], same at every point.
 
     "decreasing": 1.0 at time 0 (sigma_min) falling to rho_0 at time T (sigma_max), preferred by EDM;
@@ -151,5 +158,5 @@ def linear_in_time(rho_0: float, num_skip_points: int, *, direction: Literal["de
     column = 1.0 + (value - 1.0) * frac if direction == "decreasing" else value + (1.0 - value) * frac
     matrix = np.repeat(column[:, None], k, axis=1)
     params = {"rho_0": value, "direction": direction, "sigma_min": lo, "sigma_max": hi, "num_intervals": n}
-    return SkipSchedule(rho=matrix, sigma_bounds=bounds, churn=churn or Churn(), eps_scale=eps_scale,
+    return cls(rho=matrix, sigma_bounds=bounds, churn=churn or Churn(), eps_scale=eps_scale,
                         family="linear_in_time", params=params)

@@ -6,6 +6,8 @@ Torch-free: loading or validating a study file imports neither torch nor the mod
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,10 @@ class SpaceBounds:
     eps_max: float = 1.03
     num_intervals: int = 3
     search_churn: bool = True
+    # A quick sweep sets rho_min/rho_max from the model before the search (skipsearch.search.calibration); off
+    # when a study file or flag gives the rho range itself.
+    calibrate: bool = True
+    calibrate_n: int = 64
 
     def __post_init__(self) -> None:
         lo, hi = RHO_RANGE
@@ -50,6 +56,8 @@ class SpaceBounds:
             raise ValueError(f"eps-scale range [{self.eps_min}, {self.eps_max}] must lie in [{lo:g}, {hi:g}]")
         if self.churn_max < 0 or self.num_intervals < 1:
             raise ValueError("churn_max must be >= 0 and num_intervals >= 1")
+        if self.calibrate_n < 2:
+            raise ValueError(f"calibrate_n must be at least 2, got {self.calibrate_n}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,13 @@ class StudyDefinition:
     search: SearchConfig = SearchConfig()
     sampler_options: dict[str, Any] = field(default_factory=dict)
     source: str = "built-in defaults"
+
+    def objective_digest(self) -> str:
+        """A hash of everything that changes what a trial's value means: the space and its bounds, the proxy, the
+        sampler options (the model's identity and the sampler/NFE are in the study name beside it)."""
+        parts = {"space": self.space, "bounds": dataclasses.asdict(self.space_bounds),
+                 "proxy": dataclasses.asdict(self.proxy), "sampler_options": self.sampler_options}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
     def override(self, **changes: Any) -> StudyDefinition:
         """Apply command-line flags (None means 'not given'); nested fields as ``proxy__metric`` etc."""
@@ -125,8 +140,10 @@ def parse_study(data: dict[str, Any], source: str) -> StudyDefinition:
         for key in values:
             if key not in fields:
                 raise StudyDefinitionError(f"{source}: [{section}] has no field {key!r}; known: {sorted(fields)}")
-        if "rungs" in values:
+        if "rungs" in values and isinstance(values["rungs"], list):
             values["rungs"] = tuple(values["rungs"])
+        if section == "space" and ("rho_min" in values or "rho_max" in values):
+            values.setdefault("calibrate", False)  # a range given in the file is the range searched
         try:
             kwargs[attr] = cls(**values)
         except (TypeError, ValueError) as exc:

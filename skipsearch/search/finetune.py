@@ -48,7 +48,7 @@ from skipsearch.models.adapter import SkipAdapter
 from skipsearch.models.checkpoints import CheckpointError, file_sha256, load_network, save_network
 from skipsearch.models.edm import EDMAdapter
 from skipsearch.proxy.fid_proxy import FidProxy, ProxyResult
-from skipsearch.schedule.core import ModelIdentity, SkipSchedule
+from skipsearch.schedule import ModelIdentity, SkipSchedule
 from skipsearch.search.definition import SearchConfig, StudyDefinitionError
 from skipsearch.search.objective import TRIAL_FAILURES, Objective
 from skipsearch.search.records import StudyRecord, TrialRecord

@@ -15,7 +15,7 @@ from skipsearch.models.adapter import SkipAdapter
 from skipsearch.proxy.errors import NonFiniteError
 from skipsearch.proxy.fid_proxy import FidProxy, RungResult
 from skipsearch.sampling.generate import DegenerateOutputError, NonFiniteOutputError
-from skipsearch.schedule.core import SkipSchedule
+from skipsearch.schedule import SkipSchedule
 from skipsearch.search.records import TrialRecord
 from skipsearch.search.spaces import SearchSpace
 

@@ -7,7 +7,7 @@ reads through it, so an attribute name exists exactly once. Values are JSON-read
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 _RUNG_PREFIX = "proxy_n"  # proxy value after a rung of n images: proxy_n200
@@ -96,10 +96,36 @@ class Validated:
         return cls(**{k: d[k] for k in ("n", "value", "proxy", "seeds", "baseline", "error") if k in d})
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """The sweep and the bounds it chose."""
+
+    rho: list[float]
+    proxy: list[float | None]  # None: the images were degenerate or non-finite
+    untuned: float
+    n: int
+    tolerance: float
+    rho_min: float
+    rho_max: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        return cls(**d)
+
+    def describe(self) -> str:
+        points = ", ".join(f"{r:g}: {'x' if p is None else f'{p:.1f}'}" for r, p in zip(self.rho, self.proxy))
+        return (f"calibrated rho bounds [{self.rho_min:g}, {self.rho_max:g}] (constant-rho sweep at n={self.n}, "
+                f"proxy within {self.tolerance:g}x of untuned {self.untuned:.1f}; {points}; x = degenerate)")
+
+
 class StudyRecord:
     """A study's user attributes: its definition, the validated trials, whether the baselines were enqueued."""
 
-    DEFINITION, VALIDATED, BASELINES_ENQUEUED = "definition", "validated", "baselines_enqueued"
+    DEFINITION, VALIDATED, BASELINES_ENQUEUED, CALIBRATION = ("definition", "validated", "baselines_enqueued",
+                                                              "calibration")
 
     def __init__(self, study: Any) -> None:
         self.study = study
@@ -117,6 +143,13 @@ class StudyRecord:
 
     def set_validated(self, entries: dict[int, Validated]) -> None:
         self.study.set_user_attr(self.VALIDATED, {str(k): v.to_dict() for k, v in entries.items()})
+
+    def calibration(self) -> Calibration | None:
+        raw = self.study.user_attrs.get(self.CALIBRATION)
+        return None if raw is None else Calibration.from_dict(raw)
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        self.study.set_user_attr(self.CALIBRATION, calibration.to_dict())
 
     @property
     def baselines_enqueued(self) -> bool:

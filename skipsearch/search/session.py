@@ -8,6 +8,7 @@ are written by :mod:`skipsearch.search.validation`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -24,7 +25,8 @@ from skipsearch.models import SkipAdapter, load_model
 from skipsearch.proxy.fid_proxy import FidProxy
 from skipsearch.sampling.samplers import get_sampler, steps_for_nfe
 from skipsearch.search import validation
-from skipsearch.search.definition import StudyDefinition
+from skipsearch.search.calibration import calibrate
+from skipsearch.search.definition import StudyDefinition, StudyDefinitionError
 from skipsearch.search.objective import TRIAL_FAILURES, Objective
 from skipsearch.search.records import StudyRecord
 from skipsearch.search.spaces import SearchSpace, SpaceContext, baselines, check_space_name, get_space
@@ -63,8 +65,11 @@ def optuna_storage(url: str, heartbeat_seconds: int = 10) -> optuna.storages.RDB
 
 
 def study_name_for(definition: StudyDefinition, adapter: SkipAdapter) -> str:
-    return definition.name or (f"{adapter.name}-{adapter.identity.sha256[:8]}-{definition.sampler}-"
-                               f"nfe{definition.nfe}-{definition.space}")
+    """``{model}-{weights sha8}-{sampler}-nfe{N}-{space}-{objective digest}``: a change of bounds, proxy or sampler
+    options makes another study (never a silent resume of the old one)."""
+    safe_model = "".join(c if c.isalnum() or c in "-_." else "-" for c in adapter.name)
+    return definition.name or (f"{safe_model}-{adapter.identity.sha256[:8]}-{definition.sampler}-"
+                               f"nfe{definition.nfe}-{definition.space}-{definition.objective_digest()}")
 
 
 def count_finished(study: optuna.Study) -> int:
@@ -176,10 +181,40 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
     study = optuna.create_study(storage=optuna_storage(storage_url, settings.heartbeat_seconds), study_name=name,
                                 direction="minimize", load_if_exists=True, sampler=make_sampler(definition.search))
     record = StudyRecord(study)
-    if not record.definition:
-        record.set_definition({
-            "model": adapter.name, "weights_sha256": adapter.identity.sha256, "sampler": definition.sampler,
-            "nfe": definition.nfe, "space": definition.space, "metric": definition.proxy.metric,
-            "extractor": definition.proxy.extractor, "rungs": list(definition.proxy.rungs),
-            "final_n": definition.search.final_n, "source": definition.source})
+    _check_identity(record, definition, adapter, name)
+    if space.searches_rho and definition.space_bounds.calibrate:
+        calibration = record.calibration()
+        if calibration is None:
+            calibration = calibrate(lambda s: proxy.evaluate(s, rungs=[definition.space_bounds.calibrate_n],
+                                                             preview=0).value,
+                                    len(adapter.skip_points), n=definition.space_bounds.calibrate_n)
+            record.set_calibration(calibration)
+        bounds = dataclasses.replace(definition.space_bounds, rho_min=calibration.rho_min,
+                                     rho_max=calibration.rho_max)
+        definition = dataclasses.replace(definition, space_bounds=bounds)
+        space = get_space(definition.space, ctx, bounds)
     return StudySession(definition, adapter, proxy, space, study, store, storage_url, settings)
+
+
+def _check_identity(record: StudyRecord, definition: StudyDefinition, adapter: SkipAdapter, name: str) -> None:
+    """Record what the study searches; refuse to resume a study (by --study-name) whose objective differs."""
+    current = {"model": adapter.name, "weights_sha256": adapter.identity.sha256, "sampler": definition.sampler,
+               "nfe": definition.nfe, "space": definition.space, "objective_digest": definition.objective_digest(),
+               "space_bounds": dataclasses.asdict(definition.space_bounds),
+               "proxy": {**dataclasses.asdict(definition.proxy), "rungs": list(definition.proxy.rungs)},
+               "sampler_options": dict(definition.sampler_options), "metric": definition.proxy.metric,
+               "extractor": definition.proxy.extractor, "rungs": list(definition.proxy.rungs),
+               "final_n": definition.search.final_n, "source": definition.source}
+    stored = record.definition
+    if not stored:
+        record.set_definition(current)
+        return
+    keys = ("model", "weights_sha256", "sampler", "nfe", "space", "objective_digest")
+    changed = [k for k in keys if k in stored and stored[k] != current[k]]
+    if changed:
+        detail = ", ".join(f"{k} {stored[k]!r} -> {current[k]!r}" for k in changed if k != "objective_digest")
+        if "objective_digest" in changed:
+            parts = [k for k in ("space_bounds", "proxy", "sampler_options") if stored.get(k) != current[k]]
+            detail = ", ".join(filter(None, [detail, f"{'/'.join(parts) or 'objective'} changed"]))
+        raise StudyDefinitionError(f"study {name!r} exists with a different objective ({detail}); resuming it would "
+                                   "mix incomparable trials: choose another --study-name or leave it out")

@@ -16,7 +16,7 @@ from typing import Any
 from skipsearch.errors import SkipsearchError
 from skipsearch.registry import Registry
 from skipsearch.sampling.grids import karras_interval_bounds
-from skipsearch.schedule.core import Churn, SkipSchedule
+from skipsearch.schedule import Churn, SkipSchedule
 from skipsearch.schedule.families import linear_rho
 from skipsearch.search.definition import SpaceBounds
 
@@ -48,6 +48,7 @@ class SearchSpace(abc.ABC):
 
     name = ""
     description = ""
+    searches_rho = True  # False for spaces that keep rho = 1 (no calibration of rho bounds needed)
     finetune: str | None = None  # a trial kind that also changes the weights ("s2dm": skipsearch.search.finetune)
 
     def __init__(self, ctx: SpaceContext, bounds: SpaceBounds = SpaceBounds(), eps: bool = False):
@@ -170,6 +171,7 @@ class LinearInTimeSpace(SearchSpace):
 
 class EpsScaleSpace(SearchSpace):
     name, description = "eps-scale", "epsilon scaling alone (rho = 1): the exposure-bias baseline"
+    searches_rho = False
 
     def __init__(self, ctx, bounds=SpaceBounds(), eps=True):
         super().__init__(ctx, bounds, eps=True)
@@ -205,6 +207,7 @@ class _S2DMParams:
 
 class S2DMSpace(_S2DMParams, SearchSpace):
     name, description = "s2dm", "S²-DM fine-tuning (tau, skip, lr) of the weights at rho = 1"
+    searches_rho = False
 
     def _rho(self, trial):
         return SkipSchedule.identity(self.ctx.num_skip_points)
@@ -256,8 +259,14 @@ def baselines(space: SearchSpace, nfe: int) -> list[Baseline]:
     # Fine-tuning spaces: the baselines fine-tune with tau = 1 (plain EDM loss), so the label says so.
     tuned = "tau=1 fine-tune, " if space.finetune else ""
     out = [Baseline("tau=1 fine-tune, rho=1" if space.finetune else "untuned (rho=1)", space.baseline(1.0, 1.0))]
-    paper = Baseline(f"{tuned}paper recipe (linear {paper_rho_bottom(nfe):.2f}->1.0)",
-                     space.baseline(paper_rho_bottom(nfe)))
+    bottom = paper_rho_bottom(nfe)
+    lo, hi = space.bounds.rho_min, space.bounds.rho_max
+    label = f"{tuned}paper recipe (linear {bottom:.2f}->1.0)"
+    if not (lo <= bottom <= hi and lo <= 1.0 <= hi):
+        clipped = (min(hi, max(lo, bottom)), min(hi, max(lo, 1.0)))
+        label = (f"{tuned}paper recipe (linear {bottom:.2f}->1.0, clipped to the bounds [{lo:g}, {hi:g}]: "
+                 f"{clipped[0]:.2f}->{clipped[1]:.2f})")
+    paper = Baseline(label, space.baseline(bottom))
     if paper.params != out[0].params:
         out.append(paper)
     return out

@@ -1,0 +1,65 @@
+"""Search bounds that fit the model: a quick sensitivity sweep of the proxy over a constant rho.
+
+Models differ a lot in how far rho may move: the bundled EDM model likes rho well below 1, a DDPM may break
+outside 1 +- 0.1. Before a study's first trial, the proxy is measured at a small n (common random numbers, so the
+values are comparable) for constant rho on a grid around 1. The bounds are the contiguous run of grid values
+around rho = 1 whose proxy stays within ``tolerance`` times the untuned value (degenerate or non-finite images
+end the run), widened by one grid step where that step still gives usable images. The result is stored with the
+study and shown; it is deterministic, so a resumed study gets the same bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from skipsearch.schedule import SkipSchedule
+from skipsearch.schedule.limits import RHO_RANGE
+from skipsearch.search.objective import TRIAL_FAILURES
+from skipsearch.search.records import Calibration
+
+DEFAULT_GRID = tuple(round(0.4 + 0.1 * i, 2) for i in range(13))  # 0.4 ... 1.6
+DEFAULT_TOLERANCE = 1.5
+
+
+def choose_bounds(rho: Sequence[float], proxy: Sequence[float | None], untuned: float,
+                  tolerance: float = DEFAULT_TOLERANCE) -> tuple[float, float]:
+    """The run of grid points around rho = 1 within ``tolerance`` x untuned, widened by one usable step."""
+    values = list(rho)
+    centre = min(range(len(values)), key=lambda i: abs(values[i] - 1.0))
+
+    def good(i: int) -> bool:
+        return proxy[i] is not None and math.isfinite(proxy[i]) and proxy[i] <= tolerance * untuned
+
+    lo = hi = centre
+    while lo > 0 and good(lo - 1):
+        lo -= 1
+    while hi < len(values) - 1 and good(hi + 1):
+        hi += 1
+    # One more step where the images are still usable: the edge of the good region is worth searching.
+    if lo > 0 and proxy[lo - 1] is not None:
+        lo -= 1
+    if hi < len(values) - 1 and proxy[hi + 1] is not None:
+        hi += 1
+    step = min((b - a for a, b in zip(values, values[1:])), default=0.1)
+    rho_min, rho_max = values[lo], values[hi]
+    if rho_max - rho_min < 1e-9:  # only rho = 1 itself: a narrow window around it
+        rho_min, rho_max = values[centre] - step, values[centre] + step
+    return max(RHO_RANGE[0], rho_min), min(RHO_RANGE[1], rho_max)
+
+
+def calibrate(evaluate: Callable[[SkipSchedule | None], float], num_skip_points: int, *, n: int,
+              grid: Sequence[float] = DEFAULT_GRID, tolerance: float = DEFAULT_TOLERANCE) -> Calibration:
+    """Run the sweep; ``evaluate(schedule)`` is the proxy at ``n`` images (None: untuned)."""
+    untuned = evaluate(None)
+    values: list[float | None] = []
+    for rho in grid:
+        if abs(rho - 1.0) < 1e-12:
+            values.append(untuned)
+            continue
+        try:
+            values.append(evaluate(SkipSchedule.constant(rho, num_skip_points)))
+        except TRIAL_FAILURES:
+            values.append(None)
+    rho_min, rho_max = choose_bounds(grid, values, untuned, tolerance)
+    return Calibration(list(grid), values, untuned, n, tolerance, rho_min, rho_max)
