@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 from rich import box
 from rich.console import Console
@@ -42,10 +41,10 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")
         sys.exit(130)
-    except click.exceptions.Abort:
+    except typer.Abort:
         console.print("[yellow]aborted[/yellow]")
         sys.exit(130)
-    except click.ClickException as exc:  # bad flag values, missing arguments: click's message, one line
+    except typer.TyperException as exc:  # bad flag values, missing arguments: the parser's message, one line
         command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "skipsearch"
         console.print(f"[red]error:[/red] {escape(_error_line(exc.format_message()))} "
                       f"(see '{escape(command)} --help')", soft_wrap=True)
@@ -70,23 +69,27 @@ def _settings(ctx: typer.Context) -> Settings:
 # Choices come from the stages' registries, loaded only when a command needs them (``--help`` of one command).
 
 
-class RegistryChoice(click.Choice):
-    """``click.Choice`` whose names come from a registry, read on first use."""
+class RegistryChoice:
+    """A flag whose value must be one of a registry's names, read on first use (help, validation)."""
 
     def __init__(self, names: Callable[[], list[str]]) -> None:
         self._names = names
         self._cached: list[str] | None = None
-        super().__init__([], case_sensitive=True)
 
     @property
-    def choices(self):  # type: ignore[override]
+    def choices(self) -> list[str]:
         if self._cached is None:
             self._cached = list(self._names())
         return self._cached
 
-    @choices.setter
-    def choices(self, value) -> None:  # click's __init__ assigns it
-        pass
+    def metavar(self, _ctx: Any = None) -> str:
+        return "[" + "|".join(self.choices) + "]"
+
+    def __call__(self, _ctx: Any, param: Any, value: Any) -> Any:
+        """typer's option callback: None (not given) passes; anything else must be a choice."""
+        if value is not None and value not in self.choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(self.choices)}", param=param)
+        return value
 
 
 def _sampler_names() -> list[str]:
@@ -136,16 +139,16 @@ CHOICES: dict[tuple[str, str], Callable[[], list[str]]] = {
 }
 
 
-def _click_command() -> click.Group:
+def _click_command() -> Any:
+    """The app as a click-style command group, with the registry choices checked and shown in help."""
     group = typer.main.get_command(app)
     for name, command in getattr(group, "commands", {}).items():
         for param in command.params:
             names = CHOICES.get((name, param.name or ""))
             if names is not None:
                 choice = RegistryChoice(names)
-                param.type = choice
-                # typer renders the type from the annotation; show the registry's names instead (read lazily)
-                param.display_type_rich = lambda ctx, choice=choice: "[" + "|".join(choice.choices) + "]"
+                param.callback = choice
+                param.display_type_rich = choice.metavar  # help lists the names (read when help is shown)
     return group
 MODEL_HELP = ("model: a name (see 'skipsearch models'), a model file PATH.toml, package.module:factory, "
               "or diffusers:DIR")
@@ -275,11 +278,23 @@ def skip_points(ctx: typer.Context, model: str = ModelOpt, checkpoint: Optional[
 
 
 def _check_image_output(path: Path, suffixes: tuple[str, ...]) -> None:
-    """Fail before minutes of sampling, not after: the folder must exist and the suffix be one we write."""
+    """Fail before minutes of work, not after: the folder must exist and the suffix be one we write."""
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give a file name ending in {' or '.join(suffixes)}")
     if path.suffix.lower() not in suffixes:
         raise UsageError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; use {' or '.join(suffixes)}")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path}: the folder {path.parent} does not exist")
+
+
+def _check_output_folder(path: Path, flag: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file; give a folder")
+
+
+def _device_type(device: str) -> str:
+    from skipsearch.device import resolve_device
+    return resolve_device(device).type
 
 
 @app.command()
@@ -296,6 +311,7 @@ def sample(ctx: typer.Context, model: str = ModelOpt,
            batch_size: Optional[int] = typer.Option(None, help="images per batch (default: fill memory)"),
            scale: int = typer.Option(1, help="upscale the PNG by this factor (nearest)")) -> None:
     """Sample images with an exact NFE, optionally with a Skip-Tuning schedule."""
+    from skipsearch.device import check_precision
     from skipsearch.export.images import save_grid, save_npz
     from skipsearch.sampling.generate import generate
     from skipsearch.sampling.samplers import steps_for_nfe
@@ -304,6 +320,7 @@ def sample(ctx: typer.Context, model: str = ModelOpt,
     _positive(scale, "--scale")
     steps_for_nfe(sampler, nfe)  # fail on a bad NFE before loading anything
     _check_image_output(output, (".png",))
+    check_precision(_device_type(device), precision)
     if npz is not None:
         _check_image_output(npz, (".npz",))
     if schedule is not None and schedule.is_dir():
@@ -338,6 +355,9 @@ def train(output: Path = typer.Option(Path("runs/edm-mnist"), "-o", "--output", 
         _positive(value, flag)
     if lr is not None and not lr > 0:
         raise UsageError(f"--lr must be positive, got {lr}")
+    _check_output_folder(output, "-o")
+    if data is not None and not (data / "MNIST" / "raw").is_dir():
+        raise UsageError(f"--data {data}: no MNIST/raw folder there")
     dev = resolve_device(device)
     if dev.type == "cpu":
         configure_cpu_threads(threads)
@@ -414,6 +434,8 @@ def refstats(ctx: typer.Context,
     from skipsearch.proxy.extractors import get_extractor
     from skipsearch.proxy.stats import compute_reference_stats, save_npz
     settings = _settings(ctx)
+    if output is not None:
+        _check_image_output(output, (".npz",))
     weights = fid_weights or (settings.fid_weights if extractor == "inception-v3-compat" else None)
     ref = compute_reference_stats(dataset, split, get_extractor(extractor, weights_path=weights,
                                                                 offline=settings.offline),
@@ -665,8 +687,7 @@ def report(ctx: typer.Context, study_name: str = typer.Argument(..., help="study
     from skipsearch.store import BestStore
     settings = _settings(ctx)
     url = _storage(storage, settings)
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"-o {output} is a file; give a folder for the report")
+    _check_output_folder(output, "-o")
     with BestStore(url) as store:
         try:
             study = optuna.load_study(study_name=study_name, storage=optuna_storage(url, settings.heartbeat_seconds))

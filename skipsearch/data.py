@@ -33,7 +33,7 @@ def mnist_root(root: str | os.PathLike | None = None) -> Path:
     ../shared/data/mnist, or the cache."""
     from skipsearch.settings import Settings
     settings = Settings.from_env()
-    candidates = [root, settings.mnist, _SHARED_MNIST, settings.cache / "mnist"]
+    candidates = [root] if root is not None else [settings.mnist, _SHARED_MNIST, settings.cache / "mnist"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "MNIST" / "raw" / MNIST_FILES["train", "images"]).exists():
             return Path(candidate)

@@ -35,14 +35,19 @@ def configure_cpu_threads(threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+def check_precision(device_type: str, precision: str) -> None:
+    """A one-line DeviceError unless ``precision`` can run on this kind of device."""
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise DeviceError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
+    if precision != "fp32" and device_type != "cuda":
+        raise DeviceError(f"--precision {precision} needs a CUDA device; on CPU use fp32")
+
+
 def autocast(device: torch.device, precision: str = "fp32"):
     """bf16/fp16 autocast under CUDA; fp32 (no-op) otherwise. Samplers keep their state in float64 regardless."""
+    check_precision(device.type, precision)
     if precision == "fp32":
         return contextlib.nullcontext()
-    if precision not in ("bf16", "fp16"):
-        raise DeviceError(f"unknown precision {precision!r}; use fp32, bf16 or fp16")
-    if device.type != "cuda":
-        raise DeviceError(f"--precision {precision} needs a CUDA device; on CPU use fp32")
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 

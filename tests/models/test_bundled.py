@@ -32,7 +32,7 @@ def test_sixteen_samples_at_nfe9(bundled):
 
 def test_train_command_writes_weights_and_card(tmp_path, capsys):
     """The bundled model's own training code, for a few steps: EMA weights + a card the loader accepts."""
-    from cli_helpers import run_cli
+    from helpers.cli import run_cli
 
     from skipsearch.models import load_model
     result = run_cli(capsys, "train", "-o", tmp_path, "--steps", "3", "--batch-size", "8", "--device", "cpu")

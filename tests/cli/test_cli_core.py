@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from cli_helpers import assert_one_line_error, run_cli
+from helpers.cli import assert_one_line_error, run_cli
 from PIL import Image
 
 from skipsearch.schedule import SkipSchedule

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers.pg import pg_server, pg_url  # noqa: F401 - fixtures
 from optuna.trial import TrialState
-from pg import pg_server, pg_url  # noqa: F401 - fixtures
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 

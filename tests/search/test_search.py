@@ -13,7 +13,7 @@ import urllib.request
 
 import optuna
 import pytest
-from cli_helpers import assert_one_line_error, run_cli
+from helpers.cli import assert_one_line_error, run_cli
 
 from skipsearch.schedule import SkipSchedule
 from skipsearch.store import BestStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cli_helpers import assert_one_line_error, run_cli
+from helpers.cli import assert_one_line_error, run_cli
 
 from skipsearch.proxy.config import ProxyConfig
 from skipsearch.proxy.errors import ProxyConfigError
