@@ -4,8 +4,8 @@ Skips are found by one probe forward under a ``TorchFunctionMode`` that stamps e
 produced in and records every ``torch.cat`` of 4-D tensors along channels (functional cats inside ``forward``
 included). In such a concatenation the part produced last is the decoder's main path; an older part is an encoder
 skip when it was produced during the forward and at least ``MIN_SKIP_AGE`` tensors before the main part (an encoder
-tensor waits while the network goes down and comes back up; parts made just before the cat, or inputs of the
-forward, are not skips). ``detection_report`` says, for every concatenation, what was taken and why.
+tensor waits while the decoder block before the cat runs; parts made side by side, or inputs of the forward, are
+not skips). ``detection_report`` says, for every concatenation, what was taken and why.
 
 Scaling intercepts the concatenation itself: at each recorded (concatenation, part) the skip tensor is multiplied
 by rho as it enters ``torch.cat`` (:func:`skipsearch.models.hooks.scale_skip_tensor`), so ``cat(rho*d, h) + emb``,
@@ -34,7 +34,14 @@ from skipsearch.schedule import SkipSchedule
 ModelCall = Callable[[nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None"], Any]
 
 _CATS = {torch.cat, torch.concat, torch.concatenate}
-MIN_SKIP_AGE = 4  # tensors produced between a skip part and the main part, at least
+MIN_SKIP_AGE = 2  # tensors produced between a skip part and the main part, at least
+# Cheap one-input operations a skip may pass through on its way to the cat (resizing it, scaling it, dropout): the
+# result keeps the age of its input. Anything with weights (conv, linear, norm) makes a new tensor.
+_PASS_THROUGH = {
+    torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.__truediv__, torch.mul, torch.Tensor.mul,
+    torch.Tensor.contiguous, torch.Tensor.clone, torch.Tensor.to, torch.Tensor.float, torch.Tensor.detach,
+    torch.nn.functional.interpolate, torch.nn.functional.dropout, torch.Tensor.__getitem__,
+}
 
 
 def default_call(model: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> Any:
@@ -72,7 +79,7 @@ class _Cat:
     stamp: int
     resolution: int
     widths: list[int]
-    stamps: list[int]  # production stamp of each part; -1 = not produced during the forward (an input)
+    stamps: list[int]  # when each part was made (through pass-through ops); -1 = an input of the forward
     sources: list[str | None]
     consumer: str | None = None  # first module called after the concatenation
     takes_cat: list[str] = field(default_factory=list)  # modules whose first input is the concatenation itself
@@ -85,6 +92,7 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.clock = 0
         self.stamps: dict[int, tuple[weakref.ref, int]] = {}
+        self.origins: dict[int, tuple[weakref.ref, int]] = {}  # stamp of the tensor a pass-through chain began at
         self.module_of: dict[int, tuple[weakref.ref, str]] = {}
         self.cats: list[_Cat] = []
 
@@ -98,6 +106,10 @@ class _Recorder(TorchFunctionMode):
         found = self._lookup(self.stamps, tensor)
         return -1 if found is None else found
 
+    def origin(self, tensor: torch.Tensor) -> int:
+        found = self._lookup(self.origins, tensor)
+        return self.stamp(tensor) if found is None else found
+
     def cat_of(self, tensor: Any) -> _Cat | None:
         if not isinstance(tensor, torch.Tensor):
             return None
@@ -110,13 +122,18 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         parts = _channel_cat_parts(func, args, kwargs)
+        inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)
+                  and not isinstance(a, nn.Parameter)]
+        inherit = self.origin(inputs[0]) if func in _PASS_THROUGH and len(inputs) == 1 else None
         for tensor in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(tensor, torch.Tensor) and self._lookup(self.stamps, tensor) is None:
                 self.clock += 1
                 self.stamps[id(tensor)] = (weakref.ref(tensor), self.clock)
+                if inherit is not None:
+                    self.origins[id(tensor)] = (weakref.ref(tensor), inherit)
         if parts is not None and isinstance(out, torch.Tensor):
             self.cats.append(_Cat(len(self.cats), weakref.ref(out), self.stamp(out), int(out.shape[-2]),
-                                  [int(p.shape[1]) for p in parts], [self.stamp(p) for p in parts],
+                                  [int(p.shape[1]) for p in parts], [self.origin(p) for p in parts],
                                   [self._lookup(self.module_of, p) for p in parts]))
         return out
 
@@ -235,8 +252,9 @@ class GenericAdapter(SkipAdapter):
 
         def pre_hook(module_name: str, _module: nn.Module, args: tuple) -> None:
             first = args[0] if args else None
-            for cat in recorder.cats:  # the first module called after a concatenation is its consumer
-                if cat.consumer is None:
+            stamp = recorder.stamp(first) if isinstance(first, torch.Tensor) else -1
+            for cat in recorder.cats:  # the first module fed from the concatenation (or what follows it)
+                if cat.consumer is None and stamp >= cat.stamp:
                     cat.consumer = module_name
             cat = recorder.cat_of(first)
             if cat is not None:

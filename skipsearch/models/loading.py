@@ -271,7 +271,7 @@ def load_diffusers(target: str, *, name: str | None = None, file: ModelFile | No
         cls = getattr(diffusers, class_name, None)
         if cls is None or class_name not in ("UNet2DModel", "UNet2DConditionModel"):
             raise ModelError(f"{folder}: {class_name} is not a UNet2DModel or UNet2DConditionModel")
-        unet = cls.from_pretrained(str(unet_dir) if local else target, subfolder=subfolder)
+        unet = cls.from_pretrained(str(unet_dir) if local else target, subfolder=subfolder, low_cpu_mem_usage=False)
         scheduler = _diffusers_scheduler(diffusers, folder if local else None, target, subfolder)
     except ModelError:
         raise
