@@ -531,6 +531,7 @@ def _optimize_with_progress(definition, *, storage_url: str, device: str, export
     from skipsearch.execution.local import run_definition, trial_counts
     from skipsearch.search.session import count_finished
     from skipsearch.store import redact_url
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress line says what Optuna logs per trial
     dev = _device(device)
     progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
@@ -543,6 +544,8 @@ def _optimize_with_progress(definition, *, storage_url: str, device: str, export
                   f"({count_finished(session.study)}/{definition.trials} trials done, space {definition.space}, "
                   f"{definition.sampler} NFE {definition.nfe}, proxy {definition.proxy.metric} on "
                   f"{definition.proxy.extractor}, rungs {list(definition.proxy.rungs)})")
+        if session.calibration is not None:
+            out.print(escape(session.calibration.describe()))
         state["task"] = progress.add_task("trials", total=definition.trials, info="",
                                           completed=count_finished(session.study))
         progress.start()

@@ -260,7 +260,7 @@ def load_diffusers(target: str, *, name: str | None = None, file: ModelFile | No
     unet_dir, subfolder = (folder, None)
     if local and (folder / "unet").is_dir():
         subfolder = "unet"
-    elif not local and "/" not in target:
+    elif not local and (target.count("/") != 1 or target.startswith(("/", ".", "~"))):
         raise ModelError(f"diffusers model {target!r}: no such folder (a hub id looks like 'org/name')")
     try:
         config_path = (folder / (subfolder or "") / "config.json") if local else None

@@ -25,28 +25,34 @@ class DegenerateOutputError(SkipsearchError, RuntimeError):
     """The images are constant, all black/white or saturated: a broken schedule, not a score."""
 
 
-# A batch is degenerate when most of its images are: constant, or with almost every pixel far outside the data
-# range (a clipped image carries no shape a feature extractor could score fairly).
+# A batch is degenerate when most of its images are: blank (almost every pixel the same value: all black, all white,
+# flat grey), or with almost every pixel far outside the data range (a clipped image carries no shape a feature
+# extractor could score fairly). A real MNIST digit covers ~19% of its pixels.
 DEGENERATE_IMAGE_SHARE = 0.9
 SATURATED_PIXEL_SHARE = 0.99
+BLANK_PIXEL_SHARE = 0.99
+BLANK_CONTRAST = 64  # of 255: pixels all within a quarter of the range show nothing (near-black, flat grey)
 SATURATION_MARGIN = 0.05  # of the data range; a few percent below black is an ordinary background
 
 
 def degenerate_reason(x: torch.Tensor, images: torch.Tensor, data_range) -> str | None:
     """Why a batch is degenerate (None if it is not): ``x`` the float samples, ``images`` their uint8 form."""
-    flat = images.flatten(1).float()
-    constant = flat.std(dim=1) == 0
+    flat = images.flatten(1)
+    mode = flat.mode(dim=1).values
+    contrast = flat.max(dim=1).values.int() - flat.min(dim=1).values.int()
+    blank = ((flat == mode[:, None]).float().mean(dim=1) >= BLANK_PIXEL_SHARE) | (contrast <= BLANK_CONTRAST)
     unit = data_range.to_unit(x.float()).flatten(1)
     saturated = ((unit < -SATURATION_MARGIN) | (unit > 1 + SATURATION_MARGIN)).float().mean(dim=1) \
         > SATURATED_PIXEL_SHARE
-    bad = constant | saturated
+    bad = blank | saturated
     if bad.float().mean() < DEGENERATE_IMAGE_SHARE:
         return None
-    if bool(constant.all()):
-        level = float(flat.mean())
-        kind = "all black" if level == 0 else "all white" if level == 255 else f"constant ({level:.0f})"
+    if bool(blank.all()):
+        levels = set(mode.tolist())
+        kind = ("all black" if levels == {0} and int(flat.max()) == 0 else "all white" if levels == {255}
+                else "blank (no contrast: near-black, near-white or flat)")
         return f"{kind} images"
-    return (f"{int(bad.sum())} of {len(bad)} images constant or saturated (>{SATURATED_PIXEL_SHARE:.0%} of pixels "
+    return (f"{int(bad.sum())} of {len(bad)} images blank or saturated (>{SATURATED_PIXEL_SHARE:.0%} of pixels "
             f"outside the data range {data_range.describe()})")
 
 

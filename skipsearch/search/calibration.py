@@ -4,8 +4,9 @@ Models differ a lot in how far rho may move: the bundled EDM model likes rho wel
 outside 1 +- 0.1. Before a study's first trial, the proxy is measured at a small n (common random numbers, so the
 values are comparable) for constant rho on a grid around 1. The bounds are the contiguous run of grid values
 around rho = 1 whose proxy stays within ``tolerance`` times the untuned value (degenerate or non-finite images
-end the run), widened by one grid step where that step still gives usable images. The result is stored with the
-study and shown; it is deterministic, so a resumed study gets the same bounds.
+end the run), widened by one grid step where that step still gives usable images. When that run is rho = 1 alone
+(a sensitive model), a finer grid over the widened bounds decides. The result is stored with the study and shown;
+it is deterministic, so a resumed study gets the same bounds.
 """
 
 from __future__ import annotations
@@ -52,14 +53,26 @@ def calibrate(evaluate: Callable[[SkipSchedule | None], float], num_skip_points:
               grid: Sequence[float] = DEFAULT_GRID, tolerance: float = DEFAULT_TOLERANCE) -> Calibration:
     """Run the sweep; ``evaluate(schedule)`` is the proxy at ``n`` images (None: untuned)."""
     untuned = evaluate(None)
-    values: list[float | None] = []
-    for rho in grid:
-        if abs(rho - 1.0) < 1e-12:
-            values.append(untuned)
-            continue
-        try:
-            values.append(evaluate(SkipSchedule.constant(rho, num_skip_points)))
-        except TRIAL_FAILURES:
-            values.append(None)
-    rho_min, rho_max = choose_bounds(grid, values, untuned, tolerance)
-    return Calibration(list(grid), values, untuned, n, tolerance, rho_min, rho_max)
+
+    def sweep(points: Sequence[float]) -> list[float | None]:
+        values: list[float | None] = []
+        for rho in points:
+            if abs(rho - 1.0) < 1e-12:
+                values.append(untuned)
+                continue
+            try:
+                values.append(evaluate(SkipSchedule.constant(rho, num_skip_points)))
+            except TRIAL_FAILURES:
+                values.append(None)
+        return values
+
+    points, values = list(grid), sweep(grid)
+    rho_min, rho_max = choose_bounds(points, values, untuned, tolerance)
+    step = min(b - a for a, b in zip(points, points[1:]))
+    if rho_max - rho_min <= 2 * step + 1e-9:  # only rho = 1 was good: look closer, at a quarter of the step
+        fine = [round(rho_min + i * step / 4, 6) for i in range(int(round((rho_max - rho_min) / (step / 4))) + 1)]
+        fine_values = sweep(fine)
+        rho_min, rho_max = choose_bounds(fine, fine_values, untuned, tolerance)
+        merged = dict(zip(points, values)) | dict(zip(fine, fine_values))
+        points, values = sorted(merged), [merged[r] for r in sorted(merged)]
+    return Calibration(points, values, untuned, n, tolerance, rho_min, rho_max)

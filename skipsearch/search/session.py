@@ -28,7 +28,7 @@ from skipsearch.search import validation
 from skipsearch.search.calibration import calibrate
 from skipsearch.search.definition import StudyDefinition, StudyDefinitionError
 from skipsearch.search.objective import TRIAL_FAILURES, Objective
-from skipsearch.search.records import StudyRecord
+from skipsearch.search.records import Calibration, StudyRecord
 from skipsearch.search.spaces import SearchSpace, SpaceContext, baselines, check_space_name, get_space
 from skipsearch.search.strategies import make_pruner, make_sampler
 from skipsearch.settings import Settings
@@ -93,6 +93,7 @@ class StudySession:
     store: BestStore
     storage_url: str
     settings: Settings = field(default_factory=Settings)
+    calibration: Calibration | None = None  # how the rho bounds were set, when they were calibrated
     objective: Objective = field(init=False)
     interrupted: bool = False
 
@@ -182,6 +183,7 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
                                 direction="minimize", load_if_exists=True, sampler=make_sampler(definition.search))
     record = StudyRecord(study)
     _check_identity(record, definition, adapter, name)
+    calibration = None
     if space.searches_rho and definition.space_bounds.calibrate:
         calibration = record.calibration()
         if calibration is None:
@@ -193,7 +195,7 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
                                      rho_max=calibration.rho_max)
         definition = dataclasses.replace(definition, space_bounds=bounds)
         space = get_space(definition.space, ctx, bounds)
-    return StudySession(definition, adapter, proxy, space, study, store, storage_url, settings)
+    return StudySession(definition, adapter, proxy, space, study, store, storage_url, settings, calibration)
 
 
 def _check_identity(record: StudyRecord, definition: StudyDefinition, adapter: SkipAdapter, name: str) -> None:
