@@ -29,6 +29,7 @@ def measure(workers: int, trials: int, nfe: int, storage: str) -> tuple[float, f
     """Trials per minute from the trial timestamps, wall seconds including the workers' start, mean seconds per
     trial, and how busy the workers were (trial time / (workers * window): below 1 is the executor's overhead)."""
     definition = default_study("edm").override(nfe=nfe, trials=trials, proxy__rungs=(64, 128),
+                                               space_bounds__calibrate=False,
                                                search__pruner="none", search__sampler="random",
                                                search__warm_start=False,
                                                name=f"scaling-k{workers}-{int(time.time())}")

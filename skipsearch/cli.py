@@ -165,6 +165,24 @@ def _positive(value: Optional[int], flag: str) -> None:
         raise UsageError(f"{flag} must be a positive integer, got {value}")
 
 
+def _print_rows(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """A table when it fits the terminal whole, else one block of ``column: value`` lines per row."""
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    if sum(widths) + 2 * len(columns) + 2 <= out.width:
+        table = Table(title=title, box=box.SIMPLE, padding=(0, 1))
+        for column in columns:
+            table.add_column(column, no_wrap=True)
+        for row in rows:
+            table.add_row(*(escape(v) for v in row))
+        out.print(table)
+        return
+    out.print(title)
+    for row in rows:
+        out.print("")
+        for column, value in zip(columns, row):
+            out.print(f"  {column:>{max(map(len, columns))}}: {escape(value)}", soft_wrap=True)
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=console, transient=False)
@@ -512,7 +530,9 @@ def optimize(ctx: typer.Context, model: str = ModelOpt, nfe: Optional[int] = typ
                      checkpoint=str(checkpoint) if checkpoint else None, trust_pickle=trust_pickle or None,
                      search__sampler=optuna_sampler, search__pruner=pruner, search__final_n=final_n,
                      search__validate_top_k=top_k, search__seed=seed, space_bounds__rho_min=rho_min,
-                     space_bounds__rho_max=rho_max, proxy__metric=metric, proxy__rungs=_rungs(rungs))
+                     space_bounds__rho_max=rho_max, proxy__metric=metric, proxy__rungs=_rungs(rungs),
+                     # a range given on the command line is the range searched
+                     space_bounds__calibrate=False if rho_min is not None or rho_max is not None else None)
     definition = base.override(**overrides)
     validate(definition)
     storage_url = _storage(storage, settings)
@@ -619,20 +639,25 @@ def best(ctx: typer.Context, model: Optional[str] = typer.Option(None, "--model"
          sampler: Optional[str] = typer.Option(None),
          nfe: Optional[int] = typer.Option(None, "--nfe"), storage: Optional[str] = StorageOpt) -> None:
     """The validated best schedule per model, sampler and NFE."""
+    from skipsearch.models import model_key
     from skipsearch.store import BestStore, redact_url
     _positive(nfe, "--nfe")
     url = _storage(storage, _settings(ctx))
     with BestStore(url) as store:
-        rows = store.best(model, sampler, nfe)
-    table = Table(title=f"best schedules in {escape(redact_url(url))}")
-    for column in ("model", "sha256", "sampler", "NFE", "space", "metric", "validated", "n", "proxy", "study/trial",
-                   "updated"):
-        table.add_column(column)
+        rows = store.best(model_key(model) if model else None, sampler, nfe)
+    if not rows:
+        out.print("no validated best schedules yet; run 'skipsearch optimize'")
+        return
+    columns = ["model", "sha256", "sampler", "NFE", "space", "metric", "validated", "n", "proxy", "study/trial",
+               "updated"]
+    _print_rows(f"best schedules in {redact_url(url)}", columns, [
+        [r.model_name, r.weights_sha256[:10], r.sampler, str(r.nfe), r.space, r.metric, f"{r.value:.4f}", str(r.n),
+         "" if r.proxy_value is None else f"{r.proxy_value:.4f}", f"{r.study_name}#{r.trial_number}",
+         r.updated_at.strftime("%Y-%m-%d %H:%M")] for r in rows])
     for r in rows:
-        table.add_row(escape(r.model_name), r.weights_sha256[:10], r.sampler, str(r.nfe), r.space, r.metric,
-                      f"{r.value:.4f}", str(r.n), "" if r.proxy_value is None else f"{r.proxy_value:.4f}",
-                      escape(f"{r.study_name}#{r.trial_number}"), r.updated_at.strftime("%Y-%m-%d %H:%M"))
-    out.print(table if rows else "no validated best schedules yet; run 'skipsearch optimize'")
+        if r.is_untuned():
+            out.print(f"{escape(r.model_name)} {r.sampler} NFE {r.nfe}: no searched schedule beat rho = 1 after "
+                      "validation; the best is the untuned model")
 
 
 @app.command("export")
@@ -650,6 +675,8 @@ def export_cmd(ctx: typer.Context, output: Path = typer.Option(Path("schedule.js
         path, row = export_best(store, output, model=model_key(model), sampler=sampler, nfe=nfe)
     out.print(f"wrote {escape(str(path))}: {escape(row.model_name)} {row.sampler} NFE {row.nfe}, {row.metric} "
               f"{row.value:.4f} (n={row.n}, study {escape(row.study_name)} trial {row.trial_number})")
+    if row.is_untuned():
+        out.print("note: no searched schedule beat rho = 1 after validation; this schedule is the untuned model")
 
 
 @app.command()

@@ -120,6 +120,13 @@ class BestRow:
     def key(self) -> BestKey:
         return BestKey(self.model_name, self.weights_sha256, self.sampler, self.nfe)
 
+    def is_untuned(self) -> bool:
+        """True when the stored best is rho = 1 everywhere with no epsilon scaling or churn: nothing beat it."""
+        doc = self.schedule
+        flat = [v for row in doc.get("rho", []) for v in row]
+        churn = (doc.get("churn") or {}).get("s_churn", 0)
+        return bool(flat) and all(v == 1.0 for v in flat) and doc.get("eps_scale", 1.0) == 1.0 and not churn
+
     @property
     def schedule(self) -> dict[str, Any]:
         """The schedule document (parse with ``SkipSchedule.from_json`` where a schedule object is needed)."""

@@ -25,8 +25,9 @@ from sqlalchemy.exc import DBAPIError
 from skipsearch.search.session import count_finished
 from skipsearch.store import BestKey, BestStore
 
-TINY = ["--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "1", "--device", "cpu"]
-pytestmark = pytest.mark.timeout(600)
+TINY = ["--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "1", "--device", "cpu", "--rho-min", "0.3",
+        "--rho-max", "1.0"]
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
 def _storage(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
@@ -204,7 +205,8 @@ def test_ctrl_c_kills_workers_and_the_study_resumes(ray_runtime: None, tmp_path:
     monkeypatch.setenv("SKIPSEARCH_HEARTBEAT_SECONDS", "1")
     monkeypatch.setenv("SKIPSEARCH_HOME", str(tmp_path))
     definition = default_study("edm").override(nfe=5, trials=6, proxy__rungs=(24, 48), search__final_n=48,
-                                               search__validate_top_k=1, search__pruner="none")
+                                               search__validate_top_k=1, search__pruner="none",
+                                               space_bounds__calibrate=False)
     url = f"sqlite:///{tmp_path}/skipsearch.db"
     session = open_session(definition, storage_url=url, device="cpu")
 

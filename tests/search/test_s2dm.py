@@ -427,7 +427,7 @@ def test_combined_space_in_process(tmp_path, monkeypatch):
     monkeypatch.setenv("SKIPSEARCH_HOME", str(tmp_path))
     result = optimize("edm", nfe=5, space="s2dm+linear", trials=2, storage=f"sqlite:///{tmp_path}/c.db",
                       export=tmp_path / "c.json", proxy__rungs=(24,), search__final_n=24,
-                      search__validate_top_k=1, search__pruner="none")
+                      search__validate_top_k=1, search__pruner="none", space_bounds__calibrate=False)
     assert result.counts["complete"] == 2 and len(result.validations) == 2  # both baselines (rho 1 and paper)
     schedule = json.loads((tmp_path / "c.json").read_text())
     assert {"rho_bottom", "rho_top", "tau", "skip", "lr"} <= set(schedule["provenance"]["params"])  # (+ churn)

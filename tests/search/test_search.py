@@ -18,7 +18,10 @@ from helpers.cli import assert_one_line_error, run_cli
 from skipsearch.schedule import SkipSchedule
 from skipsearch.store import BestStore
 
-TINY = ["--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "1", "--device", "cpu"]
+pytestmark = pytest.mark.slow
+# A fixed rho range: no calibration sweep (tests/search/test_byo_models.py covers it).
+TINY = ["--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "1", "--device", "cpu", "--rho-min", "0.3",
+        "--rho-max", "1.0"]
 
 
 @pytest.fixture(scope="module")
