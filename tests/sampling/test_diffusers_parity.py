@@ -13,11 +13,9 @@ from skipsearch.sampling.samplers import sample  # noqa: E402
 
 @pytest.fixture(scope="module")
 def unet():
-    torch.manual_seed(0)
-    net = diffusers.UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(16, 32),
-                                layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-                                attention_head_dim=8)
+    """The bundled diffusers DDPM (a trained model: its samples have the scale of real images)."""
+    from skipsearch.models.bundled import BUNDLED_DDPM
+    net = diffusers.UNet2DModel.from_pretrained(str(BUNDLED_DDPM), subfolder="unet", low_cpu_mem_usage=False)
     return net.eval().requires_grad_(False)
 
 
@@ -44,7 +42,7 @@ def _ours(unet, scheduler, latents: torch.Tensor, sampler: str, steps: int, spac
 def test_ddim_matches_diffusers_ddim_scheduler(unet, spacing: str, steps: int) -> None:
     scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
                                         set_alpha_to_one=True, timestep_spacing=spacing)
-    latents = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    latents = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     reference = _diffusers_loop(unet, scheduler, latents, steps)
     ours = _ours(unet, scheduler, latents, "ddim", steps, spacing)
     assert (ours - reference).abs().max() <= 1e-4
@@ -56,7 +54,7 @@ def test_dpmpp_2m_matches_diffusers_dpm_solver_multistep(unet, steps: int) -> No
     scheduler = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear",
                                                       algorithm_type="dpmsolver++", solver_order=2,
                                                       timestep_spacing="linspace", final_sigmas_type="zero")
-    latents = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    latents = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     reference = _diffusers_loop(unet, scheduler, latents, steps)
     ours = _ours(unet, scheduler, latents, "dpmpp_2m", steps, "linspace")
     assert (ours - reference).abs().max() <= 1e-4
