@@ -124,7 +124,7 @@ def _pruner_names() -> list[str]:
 
 def _metric_names() -> list[str]:
     from skipsearch.proxy.config import METRICS
-    return list(METRICS)
+    return METRICS.names()
 
 
 # (command, parameter) -> its choices; put on the click command in main(), so that help lists them and a bad value is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from collections.abc import Iterator, Sequence
 
@@ -48,7 +49,7 @@ class AppliedSchedule:
         self.remove()
 
 
-class SkipAdapter:
+class SkipAdapter(abc.ABC):
     """A skip-tunable diffusion model. Subclasses set the fields and implement ``_denoise_raw``.
 
     Conventions: ``denoise(x, sigma, labels)`` returns the data prediction in the model's own data units
@@ -74,6 +75,7 @@ class SkipAdapter:
         self.weights_sha256: str | None = None
 
     # --- to implement ----------------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def _denoise_raw(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 

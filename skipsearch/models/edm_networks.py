@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skipsearch.errors import SkipsearchError
+from skipsearch.registry import Registry
+
 # ----------------------------------------------------------------------------------------------------------------
 # Initialisers and basic layers.
 
@@ -526,13 +529,15 @@ class iDDPMPrecond(_Precond):  # noqa: N801 - the checkpoints' class name
         return result.reshape(sigma.shape).to(sigma.device)
 
 
-PRECONDS: dict[str, type[_Precond]] = {
-    "EDMPrecond": EDMPrecond, "VPPrecond": VPPrecond, "VEPrecond": VEPrecond, "iDDPMPrecond": iDDPMPrecond,
-}
+class UnknownPrecondError(SkipsearchError, ValueError):
+    """A preconditioner name that is not one of ours."""
+
+
+PRECONDS: Registry[type[_Precond]] = Registry("preconditioner", UnknownPrecondError)
+for _cls in (EDMPrecond, VPPrecond, VEPrecond, iDDPMPrecond):
+    PRECONDS.register(_cls.__name__, _cls)
 
 
 def build_network(precond: str, **kwargs) -> _Precond:
     """Build a preconditioned network from the constructor arguments stored in a checkpoint or model card."""
-    if precond not in PRECONDS:
-        raise ValueError(f"unknown preconditioner {precond!r}; known: {', '.join(PRECONDS)}")
-    return PRECONDS[precond](**kwargs)
+    return PRECONDS.get(precond)(**kwargs)

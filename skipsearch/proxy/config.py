@@ -5,8 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from skipsearch.proxy.errors import ProxyConfigError
+from skipsearch.registry import Registry
 
-METRICS = ("fid", "kid", "fid-inf")  # fid-inf: Chong & Forsyth extrapolation to n -> infinity
+# name -> what it is; the maths live in skipsearch.proxy.metrics.
+METRICS: Registry[str] = Registry("proxy metric", ProxyConfigError)
+METRICS.register("fid", "Fréchet distance of the features (torch-fidelity's formula)")
+METRICS.register("kid", "kernel inception distance (polynomial-kernel MMD, unbiased)")
+METRICS.register("fid-inf", "FID extrapolated to n -> infinity (Chong & Forsyth)")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from skipsearch.models.checkpoints.errors import CheckpointError
 from skipsearch.models.checkpoints.networks import create_network
 from skipsearch.models.checkpoints.safetensors_io import _CHUNK, file_sha256
 from skipsearch.models.edm_networks import _Precond
+from skipsearch.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -39,33 +40,32 @@ class Preset:
 
 _EDM_CDN = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained"
 
-PRESETS: dict[str, Preset] = {
-    "edm-cifar10": Preset(
-        name="edm-cifar10",
-        description="EDM class-conditional CIFAR-10 32x32, DDPM++ (SongUNet) with EDM preconditioning",
-        precond="EDMPrecond",
-        kwargs=dict(img_resolution=32, img_channels=3, label_dim=10, use_fp16=False, model_type="SongUNet",
-                    model_channels=128, channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16], augment_dim=9,
-                    dropout=0.13, embedding_type="positional", encoder_type="standard", decoder_type="standard",
-                    resample_filter=[1, 1], channel_mult_noise=1),
-        url=f"{_EDM_CDN}/edm-cifar10-32x32-cond-vp.pkl",
-        filename="edm-cifar10-32x32-cond-vp.pkl",
-        num_skip_points=15,
-        dataset="cifar10",
-    ),
-    "edm-imagenet64": Preset(
-        name="edm-imagenet64",
-        description="EDM class-conditional ImageNet 64x64, ADM (DhariwalUNet) with EDM preconditioning",
-        precond="EDMPrecond",
-        kwargs=dict(img_resolution=64, img_channels=3, label_dim=1000, use_fp16=True, model_type="DhariwalUNet",
-                    model_channels=192, channel_mult=[1, 2, 3, 4], num_blocks=3, attn_resolutions=[32, 16, 8],
-                    dropout=0.10),
-        url=f"{_EDM_CDN}/edm-imagenet-64x64-cond-adm.pkl",
-        filename="edm-imagenet-64x64-cond-adm.pkl",
-        num_skip_points=16,
-        dataset="imagenet64",
-    ),
-}
+PRESETS: Registry[Preset] = Registry("model preset", CheckpointError)
+PRESETS.register("edm-cifar10", Preset(
+    name="edm-cifar10",
+    description="EDM class-conditional CIFAR-10 32x32, DDPM++ (SongUNet) with EDM preconditioning",
+    precond="EDMPrecond",
+    kwargs=dict(img_resolution=32, img_channels=3, label_dim=10, use_fp16=False, model_type="SongUNet",
+                model_channels=128, channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16], augment_dim=9,
+                dropout=0.13, embedding_type="positional", encoder_type="standard", decoder_type="standard",
+                resample_filter=[1, 1], channel_mult_noise=1),
+    url=f"{_EDM_CDN}/edm-cifar10-32x32-cond-vp.pkl",
+    filename="edm-cifar10-32x32-cond-vp.pkl",
+    num_skip_points=15,
+    dataset="cifar10",
+))
+PRESETS.register("edm-imagenet64", Preset(
+    name="edm-imagenet64",
+    description="EDM class-conditional ImageNet 64x64, ADM (DhariwalUNet) with EDM preconditioning",
+    precond="EDMPrecond",
+    kwargs=dict(img_resolution=64, img_channels=3, label_dim=1000, use_fp16=True, model_type="DhariwalUNet",
+                model_channels=192, channel_mult=[1, 2, 3, 4], num_blocks=3, attn_resolutions=[32, 16, 8],
+                dropout=0.10),
+    url=f"{_EDM_CDN}/edm-imagenet-64x64-cond-adm.pkl",
+    filename="edm-imagenet-64x64-cond-adm.pkl",
+    num_skip_points=16,
+    dataset="imagenet64",
+))
 
 
 def default_cache_dir() -> Path:
