@@ -4,9 +4,11 @@ Models differ a lot in how far rho may move: the bundled EDM model likes rho wel
 outside 1 +- 0.1. Before a study's first trial, the proxy is measured at a small n (common random numbers, so the
 values are comparable) for constant rho on a grid around 1. The bounds are the contiguous run of grid values
 around rho = 1 whose proxy stays within ``tolerance`` times the untuned value (degenerate or non-finite images
-end the run), widened by one grid step where that step still gives usable images. When that run is rho = 1 alone
-(a sensitive model), a finer grid over the widened bounds decides. The result is stored with the study and shown;
-it is deterministic, so a resumed study gets the same bounds.
+end the run); a run that reaches the end of the grid is followed further, down to rho = 0 or up to the largest
+rho a schedule allows. When the run is rho = 1 alone (a sensitive model), a grid four times finer around 1 decides,
+and its run is widened by one fine step on each side where the images are still usable: the edge of a narrow good
+region is worth searching. The result is stored with the study and shown; it is deterministic, so a resumed study
+gets the same bounds.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ DEFAULT_TOLERANCE = 1.5
 
 
 def choose_bounds(rho: Sequence[float], proxy: Sequence[float | None], untuned: float,
-                  tolerance: float = DEFAULT_TOLERANCE) -> tuple[float, float]:
-    """The run of grid points around rho = 1 within ``tolerance`` x untuned, widened by one usable step."""
+                  tolerance: float = DEFAULT_TOLERANCE, widen: bool = False) -> tuple[float, float]:
+    """The run of grid points around rho = 1 within ``tolerance`` x untuned (``widen``: plus one usable step)."""
     values = list(rho)
     centre = min(range(len(values)), key=lambda i: abs(values[i] - 1.0))
 
@@ -37,16 +39,15 @@ def choose_bounds(rho: Sequence[float], proxy: Sequence[float | None], untuned: 
         lo -= 1
     while hi < len(values) - 1 and good(hi + 1):
         hi += 1
-    # One more step where the images are still usable: the edge of the good region is worth searching.
-    if lo > 0 and proxy[lo - 1] is not None:
+    if widen and lo > 0 and proxy[lo - 1] is not None:
         lo -= 1
-    if hi < len(values) - 1 and proxy[hi + 1] is not None:
+    if widen and hi < len(values) - 1 and proxy[hi + 1] is not None:
         hi += 1
     step = min((b - a for a, b in zip(values, values[1:])), default=0.1)
     rho_min, rho_max = values[lo], values[hi]
     if rho_max - rho_min < 1e-9:  # only rho = 1 itself: a narrow window around it
         rho_min, rho_max = values[centre] - step, values[centre] + step
-    return max(RHO_RANGE[0], rho_min), min(RHO_RANGE[1], rho_max)
+    return round(max(RHO_RANGE[0], rho_min), 6), round(min(RHO_RANGE[1], rho_max), 6)
 
 
 def calibrate(evaluate: Callable[[SkipSchedule | None], float], num_skip_points: int, *, n: int,
@@ -67,12 +68,23 @@ def calibrate(evaluate: Callable[[SkipSchedule | None], float], num_skip_points:
         return values
 
     points, values = list(grid), sweep(grid)
-    rho_min, rho_max = choose_bounds(points, values, untuned, tolerance)
     step = min(b - a for a, b in zip(points, points[1:]))
+
+    def good(value: float | None) -> bool:
+        return value is not None and value <= tolerance * untuned
+
+    rho_min, rho_max = choose_bounds(points, values, untuned, tolerance)
+    # Follow a good run past the end of the grid (the bundled EDM model is still better than untuned at 0.4).
+    while rho_min == points[0] and points[0] - step >= RHO_RANGE[0] - 1e-9 and good(values[0]):
+        points, values = [round(points[0] - step, 6), *points], [*sweep([round(points[0] - step, 6)]), *values]
+        rho_min, rho_max = choose_bounds(points, values, untuned, tolerance)
+    while rho_max == points[-1] and points[-1] + step <= RHO_RANGE[1] + 1e-9 and good(values[-1]):
+        points, values = [*points, round(points[-1] + step, 6)], [*values, *sweep([round(points[-1] + step, 6)])]
+        rho_min, rho_max = choose_bounds(points, values, untuned, tolerance)
     if rho_max - rho_min <= 2 * step + 1e-9:  # only rho = 1 was good: look closer, at a quarter of the step
-        fine = [round(rho_min + i * step / 4, 6) for i in range(int(round((rho_max - rho_min) / (step / 4))) + 1)]
+        fine = [round(1.0 + i * step / 4, 6) for i in range(-4, 5)]
         fine_values = sweep(fine)
-        rho_min, rho_max = choose_bounds(fine, fine_values, untuned, tolerance)
+        rho_min, rho_max = choose_bounds(fine, fine_values, untuned, tolerance, widen=True)
         merged = dict(zip(points, values)) | dict(zip(fine, fine_values))
         points, values = sorted(merged), [merged[r] for r in sorted(merged)]
     return Calibration(points, values, untuned, n, tolerance, rho_min, rho_max)

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from skipsearch.device import resolve_device
 from skipsearch.models import SkipAdapter, load_model
+from skipsearch.proxy.config import ProxyConfig, default_proxy_config
 from skipsearch.proxy.fid_proxy import FidProxy
 from skipsearch.sampling.samplers import get_sampler, steps_for_nfe
 from skipsearch.search import validation
@@ -172,6 +173,10 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
     if adapter is None:
         adapter = load_model(definition.model, checkpoint=definition.checkpoint, trust_pickle=definition.trust_pickle,
                              device=str(resolve_device(device)), settings=settings)
+    if definition.proxy == ProxyConfig() and adapter.dataset not in (None, "mnist"):
+        # No [proxy] section: score with Inception on the model's own data set, not the MNIST default.
+        definition = dataclasses.replace(definition, proxy=default_proxy_config(adapter.dataset,
+                                                                                fid_ref=settings.fid_ref))
     proxy = FidProxy(adapter, sampler=definition.sampler, nfe=definition.nfe, config=definition.proxy,
                      sampler_options=definition.sampler_options, settings=settings)
     ctx = SpaceContext(num_skip_points=len(adapter.skip_points), level_of_point=adapter.level_of_points(),

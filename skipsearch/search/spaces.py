@@ -265,7 +265,7 @@ def baselines(space: SearchSpace, nfe: int) -> list[Baseline]:
     if not (lo <= bottom <= hi and lo <= 1.0 <= hi):
         clipped = (min(hi, max(lo, bottom)), min(hi, max(lo, 1.0)))
         label = (f"{tuned}paper recipe (linear {bottom:.2f}->1.0, clipped to the bounds [{lo:g}, {hi:g}]: "
-                 f"{clipped[0]:.2f}->{clipped[1]:.2f})")
+                 f"{clipped[0]:g}->{clipped[1]:g})")
     paper = Baseline(label, space.baseline(bottom))
     if paper.params != out[0].params:
         out.append(paper)
