@@ -82,7 +82,7 @@ class RegistryChoice:
             self._cached = list(self._names())
         return self._cached
 
-    def metavar(self, _ctx: Any = None) -> str:
+    def metavar(self, ctx: Any = None) -> str:
         return "[" + "|".join(self.choices) + "]"
 
     def __call__(self, _ctx: Any, param: Any, value: Any) -> Any:

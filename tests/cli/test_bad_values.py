@@ -83,3 +83,11 @@ def test_bad_environment_is_one_line(variable, value, tmp_path, capsys, monkeypa
 def test_markup_in_user_text_is_printed_literally(tmp_path, capsys):
     result = run_cli(capsys, "sample", "--schedule", str(tmp_path / "[bold]x[/bold].json"))
     assert_one_line_error(result, "[bold]x[/bold].json")
+
+
+@pytest.mark.parametrize("command", sorted(_click_command().commands))
+def test_help_of_every_command(command, capsys):
+    result = run_cli(capsys, command, "--help")
+    assert result.code == 0 and "Traceback" not in result.err
+    if command == "optimize":
+        assert "[heun|euler|dpmpp_2m|unipc|ddim]" in result.out and "successive-halving" in result.out
