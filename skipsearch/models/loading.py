@@ -114,7 +114,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _fill(net: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    missing, unexpected = [], []
     reference = net.state_dict()
     missing = sorted(set(reference) - set(state))
     unexpected = sorted(set(state) - set(reference))
