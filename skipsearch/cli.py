@@ -690,19 +690,17 @@ def studies(ctx: typer.Context, storage: Optional[str] = StorageOpt) -> None:
     settings = _settings(ctx)
     url = _storage(storage, settings)
     BestStore(url).close()  # checks connectivity with a one-line error
-    table = Table(title="studies")
-    for column in ("study", "trials", "complete", "pruned", "failed", "best proxy", "best validated"):
-        table.add_column(column)
+    rows = []
     rdb = optuna_storage(url, settings.heartbeat_seconds)
     for summary in optuna.get_all_study_summaries(rdb, include_best_trial=False):
         s = optuna.load_study(study_name=summary.study_name, storage=rdb)
         states = [t.state.name for t in s.get_trials(deepcopy=False)]
         values = [t.value for t in s.get_trials(deepcopy=False) if t.value is not None]
         validated = [v.value for v in StudyRecord(s).validated().values() if v.value is not None]
-        table.add_row(escape(summary.study_name), str(len(states)), str(states.count("COMPLETE")),
-                      str(states.count("PRUNED")), str(states.count("FAIL")),
-                      f"{min(values):.4f}" if values else "-", f"{min(validated):.4f}" if validated else "-")
-    out.print(table)
+        rows.append([summary.study_name, str(len(states)), str(states.count("COMPLETE")), str(states.count("PRUNED")),
+                     str(states.count("FAIL")), f"{min(values):.4f}" if values else "-",
+                     f"{min(validated):.4f}" if validated else "-"])
+    _print_rows("studies", ["study", "trials", "complete", "pruned", "failed", "best proxy", "best validated"], rows)
 
 
 @app.command()

@@ -5,7 +5,10 @@ Real models (the bundled diffusers DDPM and the catemb example in models/), real
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -38,33 +41,28 @@ validate_top_k = 1
 
 @pytest.fixture(scope="module")
 def ddpm_run(tmp_path_factory):
+    """One small DDPM study through the in-process CLI (module-scoped, so capsys is not available)."""
     home = tmp_path_factory.mktemp("byo")
     study = home / "small.toml"
     study.write_text(STUDY)
     url = f"sqlite:///{home}/skipsearch.db"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SKIPSEARCH_HOME", str(home))
-    capsys = _Capture()
-    result = run_cli(capsys, "optimize", "--model", DDPM, "--sampler", "ddim", "--nfe", "10", "--study", study,
-                     "--storage", url, "--device", "cpu")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SKIPSEARCH_HOME", str(home))
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            result = run_cli(_Captured(out, err), "optimize", "--model", DDPM, "--sampler", "ddim", "--nfe", "10",
+                             "--study", study, "--storage", url, "--device", "cpu")
     yield home, url, study, result
-    mp.undo()
 
 
-class _Capture:
-    """run_cli's capsys for a module-scoped fixture: stdout and stderr of the in-process run."""
+class _Captured:
+    """What run_cli reads from capsys: the redirected stdout and stderr."""
 
-    def __init__(self) -> None:
-        import io
-        import sys
-        self._out, self._err, self._sys = io.StringIO(), io.StringIO(), sys
-        self._saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = self._out, self._err
+    def __init__(self, out: io.StringIO, err: io.StringIO) -> None:
+        self.out, self.err = out, err
 
     def readouterr(self):
-        self._sys.stdout, self._sys.stderr = self._saved
-        captured = type("Captured", (), {"out": self._out.getvalue(), "err": self._err.getvalue()})
-        return captured
+        return SimpleNamespace(out=self.out.getvalue(), err=self.err.getvalue())
 
 
 def test_diffusers_ddpm_optimizes_end_to_end(ddpm_run):
