@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from skipsearch.search.definition import StudyDefinition, default_study, load_study_file, validate
 from skipsearch.search.session import StudySession, artifact_dir, count_finished, open_session
 from skipsearch.settings import Settings
-from skipsearch.store import BestRow, default_storage_url
+from skipsearch.store import BestRow, default_storage_url, redact_url
 
 
 @dataclass
@@ -49,7 +50,12 @@ class OptimizeResult:
 
 
 def default_export_path(storage_url: str, study_name: str, settings: Settings | None = None) -> Path:
-    return artifact_dir(storage_url, settings).parent / "schedules" / f"{study_name}.json"
+    """``schedules/<study>.json`` beside a SQLite file; for a server database, in a folder named after it, so the
+    exports of two databases never overwrite each other."""
+    folder = artifact_dir(storage_url, settings).parent / "schedules"
+    if not storage_url.startswith("sqlite"):
+        folder = folder / hashlib.sha256(redact_url(storage_url).encode()).hexdigest()[:12]
+    return folder / f"{study_name}.json"
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:

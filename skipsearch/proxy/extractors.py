@@ -146,6 +146,28 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
+@contextmanager
+def _vetted_state_dict_file(path: Path) -> Iterator[Path]:
+    """A copy of the weights that holds tensors only, for torch-fidelity (which unpickles with weights_only=False).
+
+    The user's file is read with ``weights_only=True``, so a pickle that would run code is refused here; the copy
+    we hand on contains nothing but the tensors we wrote.
+    """
+    import tempfile
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError (code in the pickle), RuntimeError/EOFError (not a torch file)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExtractorWeightsError(f"{path} is not an Inception state dict that loads with weights_only=True "
+                                    f"({type(exc).__name__}: {first[:160]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ExtractorWeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    with tempfile.TemporaryDirectory(prefix="skipsearch-inception-") as folder:
+        safe = Path(folder) / "weights.pth"
+        torch.save(state, safe)
+        yield safe
+
+
 class InceptionExtractor(FeatureExtractor):
     """torch-fidelity's ``FeatureExtractorInceptionV3``, feature ``'2048'``; resizing to 299 happens inside it."""
 
@@ -172,8 +194,9 @@ def _build_inception(*, weights_path: Path | None = None, device: str | torch.de
     if weights_path is None and inception_hub_path().is_file():
         weights_path = inception_hub_path()
     if weights_path is not None:
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                          feature_extractor_weights_path=str(weights_path))
+        with _vetted_state_dict_file(weights_path) as safe:
+            net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                              feature_extractor_weights_path=str(safe))
     else:
         if offline:
             raise ExtractorWeightsError(_missing_inception_message("no Inception weights and offline mode is on"))

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,8 +155,16 @@ def parse_study(data: dict[str, Any], source: str) -> StudyDefinition:
     return definition
 
 
+# Study names become file names (exports, fine-tuned weights): a safe character set, no path separators.
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
 def validate(definition: StudyDefinition) -> None:
     where = definition.source
+    name = definition.name
+    if name is not None and (not isinstance(name, str) or not STUDY_NAME.match(name)):
+        raise StudyDefinitionError(f"{where}: study name {name!r} must be 1-128 letters, digits, '.', '_' "
+                                   "or '-', starting with a letter or digit")
     if not isinstance(definition.nfe, int) or isinstance(definition.nfe, bool):
         raise StudyDefinitionError(f"{where}: nfe must be an integer, got {definition.nfe!r}")
     if not isinstance(definition.trials, int) or definition.trials < 1:

@@ -53,13 +53,23 @@ def default_storage_url(settings: Settings | None = None) -> str:
     return f"sqlite:///{home / 'skipsearch.db'}"
 
 
+_SECRET_PARAMS = re.compile(r"([?&](?:[\w.-]*pass(?:word|wd)?|pwd|secret|token|sslpassword)=)[^&#]*", re.IGNORECASE)
+
+
 def redact_url(url: str | URL) -> str:
-    """``url`` with any password replaced by ``***``; unparsable strings are redacted textually."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError, TypeError):
-        # Not a URL SQLAlchemy understands: still hide anything that looks like 'user:password@'.
-        return re.sub(r"(//[^:/@\s]*):[^@\s]*@", r"\1:***@", str(url))
+    """``url`` with its password (everything between ``user:`` and the *last* ``@`` of the authority, so an
+    unencoded ``@`` in a password cannot leak) and password-like query parameters replaced by ``***``."""
+    text = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
+    match = re.match(r"^([^:/?#\s]+://)([^/?#]*)(.*)$", text, re.DOTALL)
+    if match is None:  # not scheme://...: still hide anything that looks like '//user:password@'
+        return _SECRET_PARAMS.sub(r"\1***", re.sub(r"(//[^:/@\s]*):\S*@", r"\1:***@", text))
+    scheme, authority, rest = match.groups()
+    if "@" in authority:
+        userinfo, host = authority.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        authority = f"{userinfo}@{host}"
+    return scheme + authority + _SECRET_PARAMS.sub(r"\1***", rest)
 
 
 def _reason(exc: BaseException, url: URL | None = None) -> str:

@@ -91,3 +91,11 @@ def test_help_of_every_command(command, capsys):
     assert result.code == 0 and "Traceback" not in result.err
     if command == "optimize":
         assert "[heun|euler|dpmpp_2m|unipc|ddim]" in result.out and "successive-halving" in result.out
+
+
+@pytest.mark.parametrize("name", ["/elsewhere/abs", "../up", "a b", "[bold]x[/bold]", ""])
+def test_study_names_cannot_be_paths(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SKIPSEARCH_HOME", str(tmp_path))
+    result = run_cli(capsys, "optimize", "--study-name", name, "--trials", "1")
+    assert_one_line_error(result, "study name")
+    assert not (tmp_path / "skipsearch.db").exists()  # refused before the model or the database is touched

@@ -331,3 +331,22 @@ def test_mnist_features_fid_grows_with_every_disturbance(mnist_extractor, mnist_
     assert len(table) == 5 * len(STRENGTHS) and {row.disturbance for row in table} == set(STRENGTHS)
     assert is_monotone(table), table
     assert not is_monotone([row._replace(fid=-row.fid) for row in table])
+
+
+def test_fid_weights_are_loaded_without_running_code(tmp_path):
+    """A pickle in the FID-weights slot that would run a command is refused, and the command never runs."""
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, evil)
+    with pytest.raises(ExtractorWeightsError, match="weights_only=True") as info:
+        get_extractor("inception-v3-compat", weights_path=evil)
+    assert not (tmp_path / "pwned").exists() and "\n" not in str(info.value)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a torch file at all")
+    with pytest.raises(ExtractorWeightsError, match="garbage.pth"):
+        get_extractor("inception-v3-compat", weights_path=garbage)

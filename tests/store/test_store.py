@@ -299,3 +299,14 @@ def test_connect_sqlite_ok(url: str) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("SELECT 1")).scalar_one() == 1
     engine.dispose()
+
+
+@pytest.mark.parametrize("url,secret", [
+    ("postgresql+psycopg://u@host/db?password=s3cret", "s3cret"),
+    ("postgresql+psycopg://u:pa@ss@word@host/db", "ss@word"),
+    ("postgresql://u:pw9@h:5432/x?sslpassword=zz9&x=1", "zz9"),
+])
+def test_redaction_hides_passwords_in_query_and_with_at_signs(url, secret):
+    redacted = redact_url(url)
+    assert secret not in redacted and "pw9" not in redacted and "***" in redacted
+    assert redacted.startswith(url.split("://")[0] + "://u")
