@@ -191,12 +191,18 @@ def parse_model_file(path: str | Path) -> ModelFile:
     if "factory" in model and ":" not in model["factory"]:
         raise _fail(source, f"[model] factory {model['factory']!r} must be 'package.module:callable' or "
                             "'file.py:callable'")
+    parametrization = _parametrization(source, data.get("parametrization", {}))
+    call = _call(source, data.get("call", {}))
+    allowed = ("timestep", "timestep_float", "scaled") if parametrization.discrete else \
+        (("sigma",) if parametrization.type == "denoiser" else ("c_noise",))
+    if call.time is not None and call.time not in allowed:
+        raise _fail(source, f"[call] time = {call.time!r} does not go with [parametrization] type = "
+                            f"{parametrization.type!r}; use {' or '.join(allowed)}")
     return ModelFile(name=name, folder=path.resolve().parent, source=source,
                      description=model.get("description", ""), dataset=model.get("dataset"),
                      factory=model.get("factory"), diffusers=model.get("diffusers"), edm=model.get("edm"),
                      weights=model.get("weights"), kwargs=kwargs,
-                     parametrization=_parametrization(source, data.get("parametrization", {})),
-                     data=_data(source, data.get("data", {})), call=_call(source, data.get("call", {})),
+                     parametrization=parametrization, data=_data(source, data.get("data", {})), call=call,
                      skips=_skips(source, data.get("skips", {})), given=given)
 
 

@@ -76,6 +76,7 @@ BASE = CATEMB.read_text()
     (("[skips]", "[skipz]"), "unknown section [skipz]"),
     (("name = \"catemb-mnist\"", "nome = \"catemb-mnist\""), "[model] has no field 'nome'"),
     (("shape = [1, 28, 28]", "shape = [28, 28]"), "[data] shape"),
+    (("time = \"timestep\"", "time = \"sigma\""), "does not go with [parametrization] type = 'epsilon'"),
     (("weights = \"catemb_mnist.safetensors\"", "weights = \"missing.pt\""), "weights not found"),
 ])
 def test_bad_model_files_are_one_line(tmp_path, change, fragment):
