@@ -87,12 +87,12 @@ def load_mnist(split: str = "train", root: str | os.PathLike | None = None,
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0,255] -> float32 [-1,1] (the convention of EDM models)."""
-    return images.to(torch.float32) / 127.5 - 1
+    return SYMMETRIC.from_uint8(images)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float [-1,1] -> uint8 [0,255], EDM's rounding ``(x*127.5+128).clip(0,255)``."""
-    return (images * 127.5 + 128).clip(0, 255).to(torch.uint8)
+    return SYMMETRIC.to_uint8(images)
 
 
 class DataRange:
@@ -121,35 +121,33 @@ class DataRange:
             return f"mean {self.mean} std {self.std}"
         return f"[{self.lo:g}, {self.hi:g}]"
 
-    def to_dict(self) -> dict:
-        return {"mean": self.mean, "std": self.std} if self.mean is not None else {"range": [self.lo, self.hi]}
+    def _pixels(self, x: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """(scale, offset) with pixel value = x * scale + offset, [B, C, H, W]-broadcast for mean/std ranges.
 
-    def _affine(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, offset) with unit01 = x * scale + offset, broadcast over [B, C, H, W]."""
+        For [-1, 1] this is EDM's own conversion, 127.5 and 128 (the +0.5 makes the uint8 cast round).
+        """
         if self.mean is not None:
             std = torch.tensor(self.std, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
             mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
-            return std, mean
-        width = self.hi - self.lo
-        return x.new_tensor(1.0 / width), x.new_tensor(-self.lo / width)
+            return 255 * std, 255 * mean + 0.5
+        scale = 255 / (self.hi - self.lo)
+        return scale, 0.5 - self.lo * scale
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         """Model units -> [0, 1] (not clipped)."""
-        scale, offset = self._affine(x)
-        return x * scale + offset
+        scale, offset = self._pixels(x)
+        return (x * scale + (offset - 0.5)) / 255
 
     def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
-        """Model units -> uint8 with EDM's rounding (x*127.5+128 for [-1, 1])."""
-        return (self.to_unit(x) * 255 + 0.5).clip(0, 255).to(torch.uint8)
+        """Model units -> uint8, rounded to the nearest value (``x * 127.5 + 128`` for [-1, 1], as EDM)."""
+        scale, offset = self._pixels(x)
+        return (x * scale + offset).clip(0, 255).to(torch.uint8)
 
     def from_uint8(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 -> float32 model units."""
-        x = images.to(torch.float32) / 255
-        scale, offset = self._affine(x)
-        return (x - offset) / scale
-
-    def is_default(self) -> bool:
-        return self.mean is None and (self.lo, self.hi) == (-1.0, 1.0)
+        """uint8 -> float32 model units (``images / 127.5 - 1`` for [-1, 1])."""
+        x = images.to(torch.float32)
+        scale, offset = self._pixels(x)
+        return x / scale - (offset - 0.5) / scale
 
 
 SYMMETRIC = DataRange(-1.0, 1.0)

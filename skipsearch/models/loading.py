@@ -86,6 +86,14 @@ def load_network_file(path: str | os.PathLike, *, trust_pickle: bool = False):
         raise ModelError(str(exc)) from None
 
 
+def edm_adapter(path: Path, name: str, *, trust_pickle: bool, dataset: str | None = None) -> EDMAdapter:
+    """An EDM network file (.safetensors, or a trusted .pkl) as an adapter named ``name``."""
+    from skipsearch.models.checkpoints import file_sha256
+    adapter = EDMAdapter(load_network_file(path, trust_pickle=trust_pickle), name, weights_sha256=file_sha256(path))
+    adapter.dataset = dataset
+    return adapter
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from safetensors or a torch file loaded with ``weights_only=True`` (no code runs)."""
     if not path.is_file():
@@ -100,17 +108,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".pkl":
         raise ModelError(f"{path}: .pkl weights go with [model] edm = '...' (EDM networks) and --trust-pickle; "
                          "a factory's weights must be .safetensors or a torch state dict (.pt/.pth/.bin)")
+    from skipsearch.models.checkpoints import CheckpointError, load_torch_state_dict
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError for anything but plain tensors/containers, or a corrupt file
-        raise ModelError(f"cannot read {path} as a state dict with weights_only=True "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    for key in ("state_dict", "model", "ema"):  # common checkpoint wrappers around the state dict
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return state
+        return load_torch_state_dict(path)
+    except CheckpointError as exc:
+        raise ModelError(str(exc)) from None
 
 
 def _fill(net: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -211,9 +213,8 @@ def _parametrization_for(file: ModelFile, scheduler: Any = None):
 def _load_file(file: ModelFile, request: LoadRequest) -> SkipAdapter:
     from skipsearch.models.checkpoints import file_sha256
     if file.edm is not None:
-        path = request.checkpoint or file.path(file.edm)
-        adapter: SkipAdapter = EDMAdapter(load_network_file(path, trust_pickle=request.trust_pickle), file.name,
-                                          weights_sha256=file_sha256(path))
+        adapter: SkipAdapter = edm_adapter(request.checkpoint or file.path(file.edm), file.name,
+                                           trust_pickle=request.trust_pickle)
     elif file.diffusers is not None:
         adapter = load_diffusers(str(file.path(file.diffusers)), name=file.name, file=file)
     else:
@@ -334,12 +335,8 @@ def _load_factory(spec: str, request: LoadRequest) -> SkipAdapter:
 
 def _bundled_edm(request: LoadRequest) -> SkipAdapter:
     from skipsearch.models.bundled import BUNDLED_WEIGHTS
-    from skipsearch.models.checkpoints import file_sha256
-    path = request.checkpoint or BUNDLED_WEIGHTS
-    adapter = EDMAdapter(load_network_file(path, trust_pickle=request.trust_pickle), "edm",
-                         weights_sha256=file_sha256(path))
-    adapter.dataset = "mnist"
-    return adapter
+    return edm_adapter(request.checkpoint or BUNDLED_WEIGHTS, "edm", trust_pickle=request.trust_pickle,
+                       dataset="mnist")
 
 
 def _bundled_ddpm(request: LoadRequest) -> SkipAdapter:
@@ -354,17 +351,14 @@ def _bundled_ddpm(request: LoadRequest) -> SkipAdapter:
 
 def _preset_loader(preset: Any) -> Callable[[LoadRequest], SkipAdapter]:
     def load(request: LoadRequest) -> SkipAdapter:
-        from skipsearch.models.checkpoints import CheckpointError, file_sha256, resolve_checkpoint
+        from skipsearch.models.checkpoints import CheckpointError, resolve_checkpoint
         try:
             path = resolve_checkpoint(preset, str(request.checkpoint) if request.checkpoint else None,
                                       cache_dir=request.settings.cache,
                                       download=request.download and not request.settings.offline)
         except CheckpointError as exc:
             raise ModelError(str(exc)) from None
-        adapter = EDMAdapter(load_network_file(path, trust_pickle=request.trust_pickle), preset.name,
-                             weights_sha256=file_sha256(path))
-        adapter.dataset = preset.dataset
-        return adapter
+        return edm_adapter(path, preset.name, trust_pickle=request.trust_pickle, dataset=preset.dataset)
     return load
 
 

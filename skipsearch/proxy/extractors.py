@@ -154,14 +154,12 @@ def _vetted_state_dict_file(path: Path) -> Iterator[Path]:
     we hand on contains nothing but the tensors we wrote.
     """
     import tempfile
+
+    from skipsearch.models.checkpoints import CheckpointError, load_torch_state_dict
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError (code in the pickle), RuntimeError/EOFError (not a torch file)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExtractorWeightsError(f"{path} is not an Inception state dict that loads with weights_only=True "
-                                    f"({type(exc).__name__}: {first[:160]})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ExtractorWeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+        state = load_torch_state_dict(path)
+    except CheckpointError as exc:
+        raise ExtractorWeightsError(f"Inception weights: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="skipsearch-inception-") as folder:
         safe = Path(folder) / "weights.pth"
         torch.save(state, safe)

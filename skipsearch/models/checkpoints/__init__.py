@@ -24,12 +24,13 @@ from skipsearch.models.checkpoints.safetensors_io import (
     file_sha256,
     load_checkpoint,
     load_network,
+    load_torch_state_dict,
     save_network,
 )
 
 __all__ = [
     "CONFIG_ATTR", "METADATA_DTYPE", "METADATA_FORMAT", "METADATA_NETWORK", "PRESETS", "CheckpointError", "EasyDict",
     "ModuleRecord", "Preset", "UntrustedPickleError", "cached_checkpoint_path", "create_network", "default_cache_dir",
-    "download_file", "file_sha256", "load_checkpoint", "load_edm_pickle", "load_network", "network_config",
-    "network_from_record", "read_edm_pickle", "resolve_checkpoint", "save_network",
+    "download_file", "file_sha256", "load_checkpoint", "load_edm_pickle", "load_network", "load_torch_state_dict",
+    "network_config", "network_from_record", "read_edm_pickle", "resolve_checkpoint", "save_network",
 ]
