@@ -220,22 +220,40 @@ def parse_rho(text: str, num_skip_points: int):
     raise UsageError(f"--rho {text!r}: give a number (0.7) or bottom:top (0.68:1.0)")
 
 
-def _weights_of(schedule: Path) -> Optional[Path]:
-    """Fine-tuned weights a schedule names (S²-DM exports), when that file is present."""
+def _weights_of(schedule: Path, settings: Settings) -> Optional[Path]:
+    """Fine-tuned weights a schedule names (S²-DM exports), only from beside the JSON or the study artifacts and
+    only with the sha256 the schedule records (a schedule is data from anyone; ``--checkpoint`` chooses others)."""
     import json
+
+    from skipsearch.export.weights import schedule_weights
+    from skipsearch.search.session import artifact_dir
+    from skipsearch.store import default_storage_url
     try:
-        path = json.loads(schedule.read_text()).get("provenance", {}).get("weights_path")
-    except (OSError, ValueError, AttributeError):
+        doc = json.loads(schedule.read_text())
+    except (OSError, ValueError, RecursionError):
         return None  # SkipSchedule.load reports the real problem with the file
-    return Path(path) if path and Path(path).is_file() else None
+    if not isinstance(doc, dict) or not isinstance(doc.get("provenance"), dict):
+        return None
+    if not doc["provenance"].get("weights_path"):
+        return None
+    return schedule_weights(schedule, doc, artifact_dir(default_storage_url(settings), settings))
 
 
-def resolve_schedule(adapter, schedule: Optional[Path], rho: Optional[str]):
+def resolve_schedule(adapter, schedule: Optional[Path], rho: Optional[str], *, sampler: Optional[str] = None,
+                     nfe: Optional[int] = None):
+    """The schedule to sample with; a warning on stderr when it was tuned for another sampler or NFE."""
     from skipsearch.schedule import SkipSchedule
     if schedule is not None and rho is not None:
         raise UsageError("give either --schedule or --rho, not both")
     if schedule is not None:
-        return SkipSchedule.load(schedule, expect_model=adapter.identity)
+        tuned = SkipSchedule.load(schedule, expect_model=adapter.identity)
+        other = (tuned.sampler is not None and sampler is not None and tuned.sampler != sampler) or (
+            tuned.nfe is not None and nfe is not None and tuned.nfe != nfe)
+        if other:  # allowed (a schedule may transfer), but rarely what was meant
+            tuned_for = " ".join(p for p in (tuned.sampler, f"NFE {tuned.nfe}" if tuned.nfe else None) if p)
+            console.print(f"[yellow]warning:[/yellow] {escape(schedule.name)} was tuned for {escape(tuned_for)}; "
+                          f"sampling {escape(sampler or '')} NFE {nfe}", soft_wrap=True)
+        return tuned
     if rho is not None:
         return parse_rho(rho, len(adapter.skip_points)).with_metadata(model=adapter.identity)
     return None
@@ -343,10 +361,13 @@ def sample(ctx: typer.Context, model: str = ModelOpt,
         _check_image_output(npz, (".npz",))
     if schedule is not None and schedule.is_dir():
         raise UsageError(f"--schedule {schedule} is a folder; give a schedule JSON file")
+    from skipsearch.export.weights import describe_weights
+    settings = _settings(ctx)
     if checkpoint is None and schedule is not None:
-        checkpoint = _weights_of(schedule)
-    adapter = _load(model, checkpoint, trust_pickle, device, _settings(ctx))
-    tuned = resolve_schedule(adapter, schedule, rho)
+        checkpoint = _weights_of(schedule, settings)
+    adapter = _load(model, checkpoint, trust_pickle, device, settings)
+    tuned = resolve_schedule(adapter, schedule, rho, sampler=sampler, nfe=nfe)
+    out.print(escape(describe_weights(checkpoint, model, adapter.identity.sha256)), soft_wrap=True)
     with _progress() as progress:
         task = progress.add_task(f"sampling {sampler} NFE {nfe}", total=n)
         result = generate(adapter, sampler=sampler, nfe=nfe, seeds=range(seed, seed + n), schedule=tuned,
@@ -422,8 +443,14 @@ def evaluate(ctx: typer.Context, model: str = ModelOpt, nfe: int = typer.Option(
     if not metrics or unknown:
         raise UsageError(f"--metric {metric!r}: use a comma-separated list of {', '.join(METRICS)}")
     steps_for_nfe(sampler, nfe)
+    from skipsearch.export.weights import describe_weights
+    if schedule is not None and schedule.is_dir():
+        raise UsageError(f"--schedule {schedule} is a folder; give a schedule JSON file")
+    if checkpoint is None and schedule is not None:
+        checkpoint = _weights_of(schedule, settings)
     adapter = _load(model, checkpoint, trust_pickle, device, settings)
-    tuned = resolve_schedule(adapter, schedule, rho)
+    tuned = resolve_schedule(adapter, schedule, rho, sampler=sampler, nfe=nfe)
+    out.print(escape(describe_weights(checkpoint, model, adapter.identity.sha256)), soft_wrap=True)
     for name in metrics:
         given = dict(extractor=extractor, weights_path=str(fid_weights) if fid_weights else None,
                      ref_path=str(ref) if ref else None)
@@ -549,7 +576,7 @@ def _optimize_with_progress(definition, *, storage_url: str, device: str, export
     from optuna.trial import TrialState
 
     from skipsearch.execution.local import run_definition, trial_counts
-    from skipsearch.search.session import count_finished
+    from skipsearch.search.budget import count_finished
     from skipsearch.store import redact_url
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress line says what Optuna logs per trial
     dev = _device(device)
@@ -605,6 +632,7 @@ def _optimize_with_progress(definition, *, storage_url: str, device: str, export
 
 def _print_result(definition, result, storage_url: str) -> None:
     import json
+    import shlex
 
     from skipsearch.store import redact_url
     counts = result.counts
@@ -623,15 +651,19 @@ def _print_result(definition, result, storage_url: str) -> None:
             out.print(f"  trial {v['trial']}{label}: validation failed: {escape(v['error'])}")
     for line in result.verdict_lines():
         out.print(escape(line))
+    if not any("value" in v for v in result.validations):
+        raise typer.Exit(1)  # a study without a validated result failed, whatever its trials did
     if result.best is not None:
         out.print(f"best {result.best.metric} {result.best.value:.4f} (trial {result.best.trial_number}, "
                   f"n={result.best.n}); results in {escape(redact_url(storage_url))}")
         out.print(f"exported schedule: {escape(str(result.export_path))}")
-        weights = json.loads(result.best.schedule_json).get("provenance", {}).get("weights_path")
-        checkpoint = weights or definition.checkpoint
-        out.print(escape(f"use it: skipsearch sample --model {definition.model} --nfe {definition.nfe} --sampler "
-                         f"{definition.sampler} --schedule {result.export_path}"
-                         + (f" --checkpoint {checkpoint}" if checkpoint else "")))
+        # Fine-tuned weights were exported beside the JSON and load from there; a --checkpoint would override them.
+        finetuned = json.loads(result.best.schedule_json).get("provenance", {}).get("weights_path")
+        words = ["skipsearch", "sample", "--model", definition.model, "--nfe", str(definition.nfe), "--sampler",
+                 definition.sampler, "--schedule", str(result.export_path)]
+        if definition.checkpoint and not finetuned:
+            words += ["--checkpoint", str(definition.checkpoint)]
+        out.print(escape("use it: " + shlex.join(words)), soft_wrap=True)  # one line, to copy whole
 
 
 @app.command()
@@ -727,7 +759,10 @@ def report(ctx: typer.Context, study_name: str = typer.Argument(..., help="study
 
 @app.command()
 def dashboard(ctx: typer.Context, storage: Optional[str] = StorageOpt, host: str = "127.0.0.1",
-              port: int = typer.Option(8080, min=1, max=65535)) -> None:
+              port: int = typer.Option(8080, min=1, max=65535),
+              allow_writes: bool = typer.Option(False, "--allow-writes",
+                                                help="let the dashboard delete/rename studies and change trials "
+                                                     "(off: read-only except notes and review forms)")) -> None:
     """Start optuna-dashboard on the same storage (trial sample grids included)."""
     import ipaddress
     import socket
@@ -747,8 +782,10 @@ def dashboard(ctx: typer.Context, storage: Optional[str] = StorageOpt, host: str
         except OSError as exc:
             raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     BestStore(url).close()
-    out.print(f"optuna-dashboard for {escape(redact_url(url))} at http://{host}:{port}/ (Ctrl-C to stop)")
-    serve(url, host=host, port=port, settings=settings)
+    mode = "writes allowed" if allow_writes else "read-only except notes and review forms; --allow-writes for more"
+    address = escape(f"[{host}]" if ":" in host else host)
+    out.print(f"optuna-dashboard for {escape(redact_url(url))} at http://{address}:{port}/ ({mode}; Ctrl-C to stop)")
+    serve(url, host=host, port=port, settings=settings, allow_writes=allow_writes)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from skipsearch.errors import UsageError
+from skipsearch.search.budget import count_finished
 from skipsearch.search.definition import StudyDefinition, default_study, load_study_file, validate
-from skipsearch.search.session import StudySession, artifact_dir, count_finished, open_session
+from skipsearch.search.session import StudySession, artifact_dir, open_session
 from skipsearch.settings import Settings
 from skipsearch.store import BestRow, default_storage_url, redact_url
 
@@ -75,6 +77,11 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
     start = time.perf_counter()
     settings = settings or Settings.from_env()
     storage_url = storage_url or default_storage_url(settings)
+    if workers is not None:  # checked before the model loads or the study is created
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise UsageError(f"workers must be a positive integer (or None: run here), got {workers!r}")
+        from skipsearch.execution.ray import check_address
+        check_address(ray_address)
     session = open_session(definition, storage_url=storage_url, device=device, settings=settings)
     session.enqueue_starts()
     if on_session is not None:
@@ -84,7 +91,7 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
         from skipsearch.execution.ray import run_on_ray
         interrupted = run_on_ray(session, workers=workers, address=ray_address, on_trial=on_trial)
     else:
-        session.run(session.remaining(), callbacks=[on_trial] if on_trial else None)
+        session.run(callbacks=[on_trial] if on_trial else None)
         interrupted = session.interrupted
     result = OptimizeResult(session.study.study_name, storage_url, trial_counts(session.study),
                             interrupted=interrupted)

@@ -20,7 +20,6 @@ import math
 import os
 import socket
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +29,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from skipsearch.errors import SkipsearchError
+from skipsearch.search.budget import FINISHED, count_finished, fail_and_requeue
 from skipsearch.search.definition import StudyDefinition
 from skipsearch.search.records import TrialRecord
-from skipsearch.search.session import FINISHED, StudySession, count_finished, open_session
+from skipsearch.search.session import StudySession, open_session
 from skipsearch.settings import Settings
 
-__all__ = ["WORKER_ATTR", "TrialWorker", "WorkersError", "run_on_ray"]
+__all__ = ["WORKER_ATTR", "TrialWorker", "WorkersError", "check_address", "run_on_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +50,6 @@ class WorkersError(SkipsearchError, RuntimeError):
     """The Ray workers cannot run the study (cluster unreachable, every worker dead); one line, no URL secrets."""
 
 
-class _TaggedObjective:
-    """The session's objective, first recording which worker process runs the trial (tells orphans apart)."""
-
-    def __init__(self, objective: Any, tag: str) -> None:
-        self.objective, self.tag = objective, tag
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        TrialRecord.put(trial, worker=self.tag, worker_pid=os.getpid())
-        return self.objective(trial)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.objective, name)
-
-
 class TrialWorker:
     """One worker (a Ray actor): the session is opened once, ``step`` runs one trial of the shared study."""
 
@@ -74,12 +60,10 @@ class TrialWorker:
             torch.set_num_threads(threads)  # one CPU slot per worker: more threads would oversubscribe the node
         # The study exists already: load_if_exists joins it; sampler and pruner are rebuilt in this process.
         self.session = open_session(definition, storage_url=storage_url, device=device, settings=settings)
-        # host:pid names the process for people; the suffix keeps it unique should two nodes share a hostname.
-        self._tag = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.session.objective = _TaggedObjective(self.session.objective, self._tag)  # type: ignore[assignment]
 
     def tag(self) -> str:
-        return self._tag
+        """The name this process writes on the trials it runs (TrialRecord.worker)."""
+        return self.session.tag
 
     def pid(self) -> int:
         return os.getpid()
@@ -89,7 +73,8 @@ class TrialWorker:
         if self.session.remaining() <= 0:
             return None
         ran: list[int] = []
-        self.session.run(1, callbacks=[lambda _study, trial: ran.append(trial.number)])
+        # The driver waits for other workers' trials; a worker only takes a free slot, or returns.
+        self.session.run(1, callbacks=[lambda _study, trial: ran.append(trial.number)], wait_for_others=False)
         return ran[0] if ran else None
 
 
@@ -137,6 +122,13 @@ def _connect(ray: Any, address: str | None, workers: int, gpus: bool) -> bool:
         where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
         raise WorkersError(f"cannot start or join {where}: {_first_line(exc)}") from None
     return True
+
+
+def check_address(address: str | None) -> None:
+    """Fail fast, before any model loads, on a Ray address that is malformed or does not answer."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)
 
 
 def _check_reachable(address: str, attempts: int = 3, backoff: float = 1.0) -> None:
@@ -207,8 +199,8 @@ def run_on_ray(session: StudySession, *, workers: int, address: str | None = Non
         # leave that to the heartbeat of the next run.
         tags = {slot.tag for slot in slots if slot.tag} | set(lost)
         try:
-            _fail_and_retry(session.study, [t for t in session.study.get_trials(deepcopy=False, states=(
-                TrialState.RUNNING,)) if TrialRecord.read(t).worker in tags])
+            fail_and_requeue(session.study, [t for t in session.study.get_trials(deepcopy=False, states=(
+                TrialState.RUNNING,)) if TrialRecord.read(t).worker in tags], "its Ray worker was stopped")
         except Exception as exc:  # e.g. the database is gone too: the heartbeat does it on the next run
             log.warning("could not fail the killed workers' trials now (%s); the next run will", _first_line(exc))
         if connected:
@@ -281,8 +273,8 @@ def _drive(ray: Any, session: StudySession, slots: list[_Slot], lost: dict[str, 
                 optuna.storages.fail_stale_trials(study)
             # A worker killed before its trial's first heartbeat leaves a trial Optuna never sees as stale; Ray
             # told us that process died, so after the same grace its trial is failed and retried here.
-            _fail_and_retry(study, [t for t in orphans if time.monotonic() - lost.get(
-                str(TrialRecord.read(t).worker), math.inf) > grace])
+            fail_and_requeue(study, [t for t in orphans if time.monotonic() - lost.get(
+                str(TrialRecord.read(t).worker), math.inf) > grace], "its Ray worker died")
             waiting_since = waiting_since or time.monotonic()
             if not busy and not warned and time.monotonic() - waiting_since > 3 * grace:
                 warned = True
@@ -338,20 +330,6 @@ def _collect_step(ray: Any, slot: _Slot, lost: dict[str, float]) -> None:
     except ray.exceptions.RayTaskError as exc:
         # An error outside the trial failures the objective records (a bug, a lost database): as without Ray.
         raise (exc.cause if isinstance(exc.cause, BaseException) else exc) from None
-
-
-def _fail_and_retry(study: optuna.Study, trials: list[FrozenTrial]) -> None:
-    """What ``fail_stale_trials`` does, for trials whose worker is known dead: FAIL, then the storage's retry
-    callback (parameters enqueued once). Whoever fails a trial first runs the callback; the others skip it."""
-    callback = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
-    for trial in trials:
-        try:
-            study.tell(trial.number, state=TrialState.FAIL)  # raises if it finished meanwhile
-        except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-            continue
-        if callback is not None:
-            failed = next(t for t in study.get_trials(deepcopy=True) if t.number == trial.number)
-            callback(study, failed)
 
 
 def _last_finished(study: optuna.Study) -> FrozenTrial | None:

@@ -1,17 +1,219 @@
-"""optuna-dashboard on the same storage (and the trial artifacts), bound to 127.0.0.1 by default."""
+"""optuna-dashboard on the same storage (and the trial artifacts), behind :class:`DashboardGuard`.
+
+optuna-dashboard's HTTP API has no authentication, so the guard decides what a request may do:
+
+* **Host**: every request must carry ``Host: 127.0.0.1:PORT``, ``localhost:PORT``, ``[::1]:PORT`` or the bound
+  ``--host`` address with the port (the bare name on port 80); anything else is 403 (DNS rebinding).
+* **Reads** (GET, HEAD, OPTIONS) pass.
+* **Writes** without ``allow_writes`` are 403, except the ones the review features need:
+
+  - ``PUT /api/studies/<study_id>/note``: save a study note;
+  - ``PUT /api/studies/<study_id>/<trial_id>/note``: save a trial note;
+  - ``POST /api/trials/<trial_id>/user-attrs``: submit a ``user_attr`` form widget, unless it names an attribute
+    skipsearch itself writes (:class:`~skipsearch.search.records.TrialRecord`: ``schedule``, ``proxy_n200``, ...).
+
+  Not among them: ``POST /api/trials/<trial_id>/tell`` (objective form widgets, "mark Complete/Fail"), which
+  finishes a trial a worker may be running, and the preferential-study feedback routes; skipsearch uses neither.
+* **Origin**: a write whose ``Origin`` header is present must be ``http://`` + the Host (cross-site forms, CSRF).
+* With ``allow_writes`` every other write passes, except deleting or renaming (optuna-dashboard's rename deletes the
+  old study) a study that a row of the best table names: 409, so ``best`` never points at a missing study.
+
+Routes are matched with the dashboard's own bottle router, after the same path decoding and trailing-slash stripping
+the dashboard applies, so what the guard checks is what the dashboard would run.
+"""
 
 from __future__ import annotations
 
+import io
+import json
+import socket
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from skipsearch.errors import SkipsearchError
+from skipsearch.search.records import TrialRecord
 from skipsearch.search.session import artifact_dir, optuna_storage
 from skipsearch.settings import Settings
 
+__all__ = ["DashboardGuard", "make_server", "serve"]
 
-def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080, settings: Settings | None = None) -> None:
-    """Blocking: serves until interrupted."""
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+_REVIEW_WRITES = frozenset({
+    ("PUT", "/api/studies/<study_id:int>/note"),
+    ("PUT", "/api/studies/<study_id:int>/<trial_id:int>/note"),
+    ("POST", "/api/trials/<trial_id:int>/user-attrs"),
+})
+_USER_ATTRS = ("POST", "/api/trials/<trial_id:int>/user-attrs")
+_LOSES_STUDY = frozenset({("DELETE", "/api/studies/<study_id:int>"), ("POST", "/api/studies/<study_id:int>/rename")})
+_RESTART = "restart with 'skipsearch dashboard --allow-writes' to allow it"
+
+StartResponse = Callable[..., Any]
+
+
+def _owned_by_skipsearch(key: str) -> bool:
+    """True for a trial user attribute that skipsearch reads back (a schedule, a rung's proxy, a budget mark)."""
+    try:  # TrialRecord.read picks up exactly the keys skipsearch owns; a placeholder value makes them show
+        return bool(TrialRecord.read(_Attrs({key: 0})).attrs())
+    except (TypeError, ValueError):  # a key readers would choke on ("proxy_n²") is not the reviewer's either
+        return True
+
+
+class _Attrs:
+    def __init__(self, user_attrs: dict[str, Any]) -> None:
+        self.user_attrs = user_attrs
+
+
+class DashboardGuard:
+    """WSGI middleware around optuna-dashboard's bottle app; the module docstring lists what it lets through."""
+
+    def __init__(self, app: Any, *, host: str, port: int, storage: Any, storage_url: str,
+                 allow_writes: bool = False) -> None:
+        self.app, self.storage, self.storage_url, self.allow_writes = app, storage, storage_url, allow_writes
+        self.set_address(host, port)
+
+    def set_address(self, host: str, port: int) -> None:
+        """The bound address (call again once a port 0 bind has its real port)."""
+        names = {"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host}
+        self.hosts = {f"{name}:{port}".lower() for name in names}
+        if port == 80:  # browsers leave the default port out of Host
+            self.hosts |= {name.lower() for name in names}
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        host = environ.get("HTTP_HOST", "").strip().lower()
+        if host not in self.hosts:
+            shown = repr(host) if host else "(none)"
+            return _refuse(start_response, "403 Forbidden", f"refused: Host {shown} is not this dashboard's address; "
+                           f"open it as http://{sorted(self.hosts)[0]}/")
+        method = environ.get("REQUEST_METHOD", "").upper()  # bottle matches methods case-insensitively
+        if method in _READS:
+            return self.app(environ, start_response)
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is not None and origin.strip().lower() != f"http://{host}":
+            return _refuse(start_response, "403 Forbidden", f"refused: a write from Origin {origin!r} (another "
+                           f"site); send it from the dashboard page at http://{host}/")
+        rule = self._rule(environ, method)
+        if not self.allow_writes:
+            if rule is None or rule[:2] not in _REVIEW_WRITES:
+                return _refuse(start_response, "403 Forbidden", f"refused: {method} {environ.get('PATH_INFO', '')} "
+                               f"changes the study database and this dashboard is read-only except notes and "
+                               f"review forms; {_RESTART}")
+            if rule[:2] == _USER_ATTRS:
+                refusal = _check_user_attrs(environ)
+                if refusal:
+                    return _refuse(start_response, *refusal)
+        elif rule is not None and rule[:2] in _LOSES_STUDY:
+            try:
+                conflict = self._best_conflict(int(rule[2]))
+            except SkipsearchError as exc:  # fail closed: an unchecked delete could strand a best row
+                conflict = f"refused: cannot check the best table ({exc}); retry once the database answers"
+            if conflict:
+                return _refuse(start_response, "409 Conflict", conflict)
+        return self.app(environ, start_response)
+
+    def _rule(self, environ: dict[str, Any], method: str) -> tuple[str, str, Any] | None:
+        """(method, route rule, first URL argument) the dashboard would dispatch to, or None (404/405)."""
+        try:  # same decoding as bottle and the dashboard's trailing-slash hook
+            path = environ.get("PATH_INFO", "").encode("latin1").decode("utf8", "ignore").rstrip("/")
+        except UnicodeEncodeError:
+            return None
+        import bottle
+        try:
+            route, args = self.app.match({"REQUEST_METHOD": method, "PATH_INFO": path})
+        except bottle.HTTPError:  # no such route (404/405)
+            return None
+        return route.method.upper(), route.rule, next(iter(args.values()), None)
+
+    def _best_conflict(self, study_id: int) -> str | None:
+        """Why the study must stay (a best row names it), or None."""
+        from skipsearch.store import BestStore
+        try:
+            name = self.storage.get_study_name_from_id(study_id)
+        except KeyError:
+            return None  # the dashboard answers 404
+        with BestStore(self.storage_url) as store:
+            rows = [row for row in store.best() if row.study_name == name]
+        if not rows:
+            return None
+        held = "; ".join(f"model {r.model_name}, sampler {r.sampler}, NFE {r.nfe}" for r in rows)
+        return (f"refused: study {name!r} (id {study_id}) holds the best schedule in the best table ({held}); "
+                f"keep the study so the best row keeps its source")
+
+
+def _check_user_attrs(environ: dict[str, Any]) -> tuple[str, str] | None:
+    """Read the body (and put it back) and refuse attributes skipsearch owns; (status, message) or None."""
+    import bottle
+    if environ.get("HTTP_TRANSFER_ENCODING"):  # bottle would read a chunked body this check cannot see
+        return "411 Length Required", "refused: send the user attributes with a Content-Length, not chunked"
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return "400 Bad Request", "refused: Content-Length is not a number"
+    if length > bottle.BaseRequest.MEMFILE_MAX:
+        return "413 Request Entity Too Large", f"refused: user attributes over {bottle.BaseRequest.MEMFILE_MAX} bytes"
+    body = environ["wsgi.input"].read(length) if length > 0 else b""
+    environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+    if environ.get("CONTENT_TYPE", "").lower().split(";")[0].strip() not in ("application/json",
+                                                                            "application/json-rpc"):
+        return "415 Unsupported Media Type", "refused: send the user attributes as application/json"
+    try:  # as bottle parses it: UTF-8, then JSON
+        doc = json.loads(body.decode("utf8"))
+    except ValueError:
+        return "400 Bad Request", "refused: the body is not UTF-8 JSON"
+    attrs = doc.get("user_attrs", {}) if isinstance(doc, dict) else None
+    if not isinstance(attrs, dict):
+        return "400 Bad Request", "refused: 'user_attrs' must be a JSON object"
+    owned = sorted(str(k) for k in attrs if _owned_by_skipsearch(str(k)))
+    if owned:
+        return "403 Forbidden", (f"refused: trial user attribute(s) {', '.join(map(repr, owned))} are written by "
+                                 f"skipsearch (pick another name for a review field, or {_RESTART})")
+    return None
+
+
+def _refuse(start_response: StartResponse, status: str, message: str) -> list[bytes]:
+    body = (message + "\n").encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the dashboard polls every few seconds; one line per request would bury the banner
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a browser holding a connection must not keep Ctrl-C from exiting
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def make_server(storage_url: str, host: str = "127.0.0.1", port: int = 8080, settings: Settings | None = None,
+                allow_writes: bool = False) -> WSGIServer:
+    """The bound (not yet serving) wsgiref server: ``serve_forever()``, then ``shutdown()`` and ``server_close()``."""
     from optuna.artifacts import FileSystemArtifactStore
-    from optuna_dashboard import run_server
+    from optuna_dashboard import wsgi
     settings = settings or Settings.from_env()
     folder = artifact_dir(storage_url, settings)
     folder.mkdir(parents=True, exist_ok=True)
-    run_server(optuna_storage(storage_url, settings.heartbeat_seconds), host=host, port=port,
-               artifact_store=FileSystemArtifactStore(str(folder)))
+    storage = optuna_storage(storage_url, settings.heartbeat_seconds)
+    app = wsgi(storage, artifact_store=FileSystemArtifactStore(str(folder)))
+    server = (_Server6 if ":" in host else _Server)((host, port), _QuietHandler)
+    guard = DashboardGuard(app, host=host, port=server.server_port, storage=storage, storage_url=storage_url,
+                           allow_writes=allow_writes)
+    server.set_app(guard)
+    return server
+
+
+def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080, settings: Settings | None = None,
+          allow_writes: bool = False) -> None:
+    """Blocking: serves until interrupted."""
+    server = make_server(storage_url, host, port, settings, allow_writes=allow_writes)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,4 +1,9 @@
-"""Export the validated best schedule from the store as schedule JSON (what ``apply()`` and ``sample`` read)."""
+"""Export the validated best schedule from the store as schedule JSON (what ``apply()`` and ``sample`` read).
+
+A schedule of fine-tuned weights (S²-DM trials) is exported self-contained: the weights are copied beside the JSON
+as ``<json stem>.safetensors`` and the JSON names them by that file name plus their sha256, so the pair can be moved
+together and ``sample --schedule`` loads them without ``--checkpoint``.
+"""
 
 from __future__ import annotations
 
@@ -30,4 +35,18 @@ def export_best(store: BestStore, output: str | Path, *, model: str, sampler: st
                 nfe: int | None = None) -> tuple[Path, BestRow]:
     row = find_best(store, model, sampler, nfe)
     schedule = SkipSchedule.from_json(row.schedule_json, source=f"store row {row.id}")
+    weights = schedule.provenance.get("weights_path")
+    if weights:  # fine-tuned weights: copied first, so the JSON never names a file that is not there
+        from skipsearch.export.weights import copy_weights_beside
+        sha = schedule.provenance.get("weights_sha256") or (schedule.model.sha256 if schedule.model else None)
+        if not sha:
+            raise ExportError(f"the best schedule (study {row.study_name} trial {row.trial_number}) names weights "
+                              f"{weights} but no sha256; run 'skipsearch optimize' again")
+        if not Path(weights).is_file():
+            raise ExportError(f"the fine-tuned weights of the best schedule (study {row.study_name} trial "
+                              f"{row.trial_number}) are gone ({weights}); a study keeps only its best trial's "
+                              "weights: run 'skipsearch optimize' for a new study")
+        copy = copy_weights_beside(weights, output, sha)
+        schedule = schedule.with_metadata(provenance={**schedule.provenance, "weights_path": copy.name,
+                                                      "weights_sha256": sha})
     return schedule.save(output), row

@@ -12,16 +12,18 @@ Written from the published algorithms (EDM Alg. 2, DPM-Solver++, UniPC); no code
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
 from skipsearch.errors import SkipsearchError
 from skipsearch.registry import Registry
-from skipsearch.sampling.grids import RoundSigma, karras_sigmas, sampling_sigmas
+from skipsearch.sampling.grids import SPACINGS, RoundSigma, karras_sigmas, sampling_sigmas
 from skipsearch.sampling.noise import SeededNoise
 from skipsearch.schedule import Churn
 
@@ -30,9 +32,11 @@ __all__ = [
     "NFEError",
     "SAMPLERS",
     "SampleResult",
+    "SamplerOptionError",
     "SamplerSpec",
     "SeededNoise",
     "UnknownSamplerError",
+    "check_sampler_options",
     "get_sampler",
     "karras_sigmas",
     "sample",
@@ -41,6 +45,7 @@ __all__ = [
     "sample_euler",
     "sample_heun",
     "sample_unipc",
+    "sampler_option_types",
     "steps_for_nfe",
 ]
 
@@ -354,6 +359,60 @@ def get_sampler(name: str) -> SamplerSpec:
     except UnknownSamplerError:
         # The registry's own message says "known:"; this one has always said "known samplers:".
         raise UnknownSamplerError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLERS)}") from None
+
+
+class SamplerOptionError(SkipsearchError, ValueError):
+    """A sampler option the sampler does not take, or a value of the wrong type or range."""
+
+
+# Options of the sigma grid, which sample() takes for every sampler; a sampler's own are its keyword arguments.
+GRID_OPTIONS: dict[str, type] = {"spacing": str, "rho": float}
+# Keyword arguments the pipeline passes itself, never options of a study.
+_PIPELINE_ARGS = {"noise", "churn", "round_sigma"}
+# Value checks beyond the type, where a cheap one exists (by option name: "rho" is the grid's Karras exponent).
+_OPTION_RULES: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
+    "spacing": (lambda v: v in SPACINGS, f"one of {', '.join(SPACINGS)}"),
+    "rho": (lambda v: v > 0, "> 0"),
+    "eta": (lambda v: v >= 0, ">= 0"),
+    "order": (lambda v: v in (1, 2, 3), "1, 2 or 3"),
+    "variant": (lambda v: v in ("bh1", "bh2"), "'bh1' or 'bh2'"),
+}
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def sampler_option_types(name: str) -> dict[str, type]:
+    """The options ``sample(sampler=name, **options)`` takes: the grid's and the sampler's keyword arguments."""
+    fn = get_sampler(name).fn
+    hints = typing.get_type_hints(fn)
+    own = {p.name: hints.get(p.name, object) for p in inspect.signature(fn).parameters.values()
+           if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _PIPELINE_ARGS}
+    return {**GRID_OPTIONS, **own}
+
+
+def _has_type(value: object, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind in (int, float) and isinstance(value, bool):
+        return False  # True is no count and no number here
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
+def check_sampler_options(name: str, options: Mapping[str, object], *, where: str = "sampler options") -> None:
+    """SamplerOptionError (message starting with ``where``) for an option ``name`` does not take or a bad value.
+
+    Cheap and model-free, so a study can be refused before its model is loaded or a trial is spent.
+    """
+    known = sampler_option_types(name)
+    for key, value in options.items():
+        if key not in known:
+            raise SamplerOptionError(f"{where} {key!r} is not an option of sampler {name}; it takes "
+                                     f"{', '.join(sorted(known))}")
+        kind = known[key]
+        if kind in _TYPE_WORDS and not _has_type(value, kind):
+            raise SamplerOptionError(f"{where} {key} must be {_TYPE_WORDS[kind]} for sampler {name}, got {value!r}")
+        rule = _OPTION_RULES.get(key)
+        if rule is not None and not rule[0](value):
+            raise SamplerOptionError(f"{where} {key} must be {rule[1]} for sampler {name}, got {value!r}")
 
 
 def steps_for_nfe(sampler: str, nfe: int) -> int:

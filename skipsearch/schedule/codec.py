@@ -84,15 +84,23 @@ def from_dict(cls: type[S], d: Any, *, expect_model: ModelIdentity | None = None
     return schedule
 
 
+_TOO_DEEP = "{source}: JSON nested too deeply to be a schedule; give a skipsearch.schedule/v1 document"
+
+
 def from_json(cls: type[S], text: str, *, expect_model: ModelIdentity | None = None, source: str = "<string>") -> S:
     """Parse a JSON document; ``source`` (a path) is named in the message if the text is not valid JSON."""
     try:
         d = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ScheduleError(f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise ScheduleError(_TOO_DEEP.format(source=source)) from None
     if not isinstance(d, dict):
         raise ScheduleError(f"{source}: schedule document must be a JSON object, got {type(d).__name__}")
-    return from_dict(cls, d, expect_model=expect_model)
+    try:
+        return from_dict(cls, d, expect_model=expect_model)
+    except RecursionError:  # nesting json accepts can still be too deep for the recursive checks of params
+        raise ScheduleError(_TOO_DEEP.format(source=source)) from None
 
 
 def load(cls: type[S], path: str | os.PathLike, *, expect_model: ModelIdentity | None = None) -> S:

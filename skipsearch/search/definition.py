@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,6 +122,66 @@ class StudyDefinition:
 
 _SECTIONS = {"space": ("space_bounds", SpaceBounds), "proxy": ("proxy", ProxyConfig),
              "search": ("search", SearchConfig)}
+_SECTION_ATTRS = {"space_bounds", "proxy", "search"}
+# The [study] table holds StudyDefinition's own fields; the others are sections of their own, or internal.
+_STUDY_FIELDS = ("model", "sampler", "nfe", "space", "trials", "name", "checkpoint", "trust_pickle")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the type a dataclass field annotation names (an int is a float; a bool is no int)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is tuple:  # tuple[X, ...]: TOML writes it as an array
+        return isinstance(value, (list, tuple)) and all(_conforms(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_conforms(k, args[0]) and _conforms(v, args[1])
+                                               for k, v in value.items())
+    return isinstance(value, hint)
+
+
+def _expected(hint: Any) -> str:
+    """A field annotation in words, as a study file would write it."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_expected(arg) for arg in args if arg is not type(None))  # TOML has no null: omit it
+    if origin is tuple:
+        return f"a list of {_expected(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    if origin is dict:
+        return "a table"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, hint.__name__)
+
+
+def _check_types(cls: type, values: dict[str, Any], where: str, section: str) -> None:
+    """Every value in ``values`` has the type of ``cls``'s field of that name (the one place types are checked)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if key in hints and not _conforms(value, hints[key]):
+            raise StudyDefinitionError(f"{where}: [{section}] {key} must be {_expected(hints[key])}, "
+                                       f"got {_short(value)}")
+
+
+def _table(data: dict[str, Any], section: str, source: str) -> dict[str, Any]:
+    value = data.get(section, {})
+    if not isinstance(value, dict):
+        raise StudyDefinitionError(f"{source}: [{section}] must be a table (a '[{section}]' header and key = value "
+                                   f"lines), got {type(value).__name__} {_short(value)}")
+    return dict(value)
 
 
 def parse_study(data: dict[str, Any], source: str) -> StudyDefinition:
@@ -129,19 +191,21 @@ def parse_study(data: dict[str, Any], source: str) -> StudyDefinition:
         raise StudyDefinitionError(f"{source}: unknown section(s) {sorted(unknown)}; expected [study], [space], "
                                    "[proxy], [search], [sampler_options]")
     kwargs: dict[str, Any] = {"source": source}
-    study = data.get("study", {})
-    allowed = {"model", "sampler", "nfe", "space", "trials", "name", "checkpoint", "trust_pickle"}
-    for key, value in study.items():
-        if key not in allowed:
-            raise StudyDefinitionError(f"{source}: [study] has no field {key!r}; known: {sorted(allowed)}")
-        kwargs[key] = value
+    study = _table(data, "study", source)
+    for key in study:
+        if key not in _STUDY_FIELDS:
+            raise StudyDefinitionError(f"{source}: [study] has no field {key!r}; known: {sorted(_STUDY_FIELDS)}")
+    _check_types(StudyDefinition, study, source, "study")
+    kwargs.update(study)
     for section, (attr, cls) in _SECTIONS.items():
-        values = dict(data.get(section, {}))
+        values = _table(data, section, source)
         fields = {f.name for f in dataclasses.fields(cls)}
         for key in values:
             if key not in fields:
                 raise StudyDefinitionError(f"{source}: [{section}] has no field {key!r}; known: {sorted(fields)}")
-        if "rungs" in values and isinstance(values["rungs"], list):
+        # Before the constructor: its range checks would fail on a wrong type with a message naming no field.
+        _check_types(cls, values, source, section)
+        if isinstance(values.get("rungs"), list):
             values["rungs"] = tuple(values["rungs"])
         if section == "space" and ("rho_min" in values or "rho_max" in values):
             values.setdefault("calibrate", False)  # a range given in the file is the range searched
@@ -149,7 +213,7 @@ def parse_study(data: dict[str, Any], source: str) -> StudyDefinition:
             kwargs[attr] = cls(**values)
         except (TypeError, ValueError) as exc:
             raise StudyDefinitionError(f"{source}: [{section}] {exc}") from None
-    kwargs["sampler_options"] = dict(data.get("sampler_options", {}))
+    kwargs["sampler_options"] = _table(data, "sampler_options", source)
     definition = StudyDefinition(**kwargs)
     validate(definition)
     return definition
@@ -159,23 +223,42 @@ def parse_study(data: dict[str, Any], source: str) -> StudyDefinition:
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+def _fields(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
 def validate(definition: StudyDefinition) -> None:
+    """Types and ranges of every field, however the definition was made (file, flags, Python)."""
     where = definition.source
+    _check_types(StudyDefinition, {k: v for k, v in _fields(definition).items() if k not in _SECTION_ATTRS},
+                 where, "study")
+    for section, (attr, cls) in _SECTIONS.items():
+        _check_types(cls, _fields(getattr(definition, attr)), where, section)
     name = definition.name
-    if name is not None and (not isinstance(name, str) or not STUDY_NAME.match(name)):
+    if name is not None and not STUDY_NAME.match(name):
         raise StudyDefinitionError(f"{where}: study name {name!r} must be 1-128 letters, digits, '.', '_' "
                                    "or '-', starting with a letter or digit")
-    if not isinstance(definition.nfe, int) or isinstance(definition.nfe, bool):
-        raise StudyDefinitionError(f"{where}: nfe must be an integer, got {definition.nfe!r}")
-    if not isinstance(definition.trials, int) or definition.trials < 1:
+    if definition.trials < 1:
         raise StudyDefinitionError(f"{where}: trials must be a positive integer, got {definition.trials!r}")
-    if definition.search.sampler not in OPTUNA_SAMPLERS:
-        raise StudyDefinitionError(f"{where}: unknown Optuna sampler {definition.search.sampler!r}; "
+    search, proxy = definition.search, definition.proxy
+    if search.sampler not in OPTUNA_SAMPLERS:
+        raise StudyDefinitionError(f"{where}: unknown Optuna sampler {search.sampler!r}; "
                                    f"use {', '.join(OPTUNA_SAMPLERS)}")
-    if definition.search.pruner not in PRUNERS:
-        raise StudyDefinitionError(f"{where}: unknown pruner {definition.search.pruner!r}; use {', '.join(PRUNERS)}")
-    if definition.search.final_n < 2 or definition.search.validate_top_k < 0:
-        raise StudyDefinitionError(f"{where}: final_n must be >= 2 and validate_top_k >= 0")
+    if search.pruner not in PRUNERS:
+        raise StudyDefinitionError(f"{where}: unknown pruner {search.pruner!r}; use {', '.join(PRUNERS)}")
+    # Ranges that Optuna or numpy would otherwise refuse with a traceback once the study is being created.
+    ranges = [("search", "final_n", search.final_n >= 2, ">= 2"),
+              ("search", "validate_top_k", search.validate_top_k >= 0, ">= 0"),
+              ("search", "seed", 0 <= search.seed < 2**32, "in [0, 2**32 - 1]"),
+              ("search", "reduction_factor", search.reduction_factor >= 2, ">= 2"),
+              ("search", "validation_seed_offset", search.validation_seed_offset >= 0, ">= 0"),
+              ("proxy", "seed_offset", proxy.seed_offset >= 0, ">= 0"),
+              ("proxy", "batch_size", proxy.batch_size is None or proxy.batch_size >= 1, ">= 1"),
+              ("proxy", "kid_subset_size", proxy.kid_subset_size >= 2, ">= 2")]
+    for section, key, ok, rule in ranges:
+        if not ok:
+            value = getattr(search if section == "search" else proxy, key)
+            raise StudyDefinitionError(f"{where}: [{section}] {key} must be {rule}, got {value!r}")
 
 
 def load_study_file(path: str | os.PathLike) -> StudyDefinition:

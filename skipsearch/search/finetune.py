@@ -205,6 +205,11 @@ class FinetuneObjective(Objective):
                 "base_model": self.adapter.name, "base_sha256": self.adapter.identity.sha256, **extra}
 
     # --- the trial --------------------------------------------------------------------------------------------------
+    def suggest(self, trial: optuna.Trial) -> None:
+        """Fix every parameter now (the rho part and the fine-tuning ones), before any work."""
+        self.space.suggest(trial)
+        self.space.suggest_finetune(trial)  # type: ignore[attr-defined]
+
     def __call__(self, trial: optuna.Trial) -> float:
         start = time.perf_counter()
         rho_part = self.space.suggest(trial)
@@ -254,6 +259,7 @@ class FinetuneObjective(Objective):
         finetune_info = {**hp, "steps": run.steps, "batch_size": self.budget.batch_size, "seconds": train_seconds}
         schedule = rho_part.with_metadata(model=identity, sampler=self.proxy.sampler, nfe=self.proxy.nfe,
                                           provenance=self._provenance(trial, {"weights_path": str(path.resolve()),
+                                                                              "weights_sha256": sha,
                                                                               "finetune": finetune_info}))
         TrialRecord.put(trial, schedule=schedule.to_dict(), weights_sha256=sha, train_seconds=train_seconds,
                         seeds=f"{result.seeds[0]}-{result.seeds[1] - 1}", denoiser_calls=state["calls"],

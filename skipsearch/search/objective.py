@@ -40,6 +40,10 @@ class Objective:
         """The proxy that re-scores ``trial`` (objectives that change the model return one bound to its weights)."""
         return self.proxy
 
+    def suggest(self, trial: optuna.trial.BaseTrial) -> None:
+        """Fix every parameter of the trial now (before any work), so a repeat can be recognised."""
+        self.space.suggest(trial)
+
     def schedule_for(self, trial: optuna.trial.BaseTrial) -> SkipSchedule:
         schedule = self.space.suggest(trial)
         return schedule.with_metadata(model=self.adapter.identity, sampler=self.proxy.sampler, nfe=self.proxy.nfe,

@@ -34,6 +34,8 @@ class TrialRecord:
     extractor: str | None = None
     weights_sha256: str | None = None  # fine-tuned weights
     fail_reason: str | None = None
+    uncounted: str | None = None  # why a FAIL trial does not count against the budget (skipsearch.search.budget)
+    claimed_by: str | None = None  # worker that claimed a budget slot for it
     sample_grid_artifact: str | None = None  # optuna artifact id of the sample grid
     worker: str | None = None  # host:pid:suffix of the process that ran it
     worker_pid: int | None = None
@@ -124,8 +126,8 @@ class Calibration:
 class StudyRecord:
     """A study's user attributes: its definition, the validated trials, whether the baselines were enqueued."""
 
-    DEFINITION, VALIDATED, BASELINES_ENQUEUED, CALIBRATION = ("definition", "validated", "baselines_enqueued",
-                                                              "calibration")
+    DEFINITION, VALIDATED, BASELINES_ENQUEUED, CALIBRATION, PROCESSES = (
+        "definition", "validated", "baselines_enqueued", "calibration", "processes_joined")
 
     def __init__(self, study: Any) -> None:
         self.study = study
@@ -150,6 +152,12 @@ class StudyRecord:
 
     def set_calibration(self, calibration: Calibration) -> None:
         self.study.set_user_attr(self.CALIBRATION, calibration.to_dict())
+
+    def join(self) -> int:
+        """Count one more process joining the study; its index (0 for the first). Call under the study lock."""
+        index = int(self.study._storage.get_study_user_attrs(self.study._study_id).get(self.PROCESSES, 0))
+        self.study.set_user_attr(self.PROCESSES, index + 1)
+        return index
 
     @property
     def baselines_enqueued(self) -> bool:

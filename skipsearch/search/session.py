@@ -10,32 +10,51 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from skipsearch.device import resolve_device
 from skipsearch.models import SkipAdapter, load_model
 from skipsearch.proxy.config import ProxyConfig, default_proxy_config
 from skipsearch.proxy.fid_proxy import FidProxy
-from skipsearch.sampling.samplers import get_sampler, steps_for_nfe
+from skipsearch.sampling.samplers import check_sampler_options, get_sampler, steps_for_nfe
 from skipsearch.search import validation
+from skipsearch.search.budget import (
+    FINISHED,
+    RequeueStaleTrial,
+    TrialGate,
+    TrialSkipped,
+    count_finished,
+    process_tag,
+    recover_orphans,
+    requeue_interrupted,
+    used,
+)
 from skipsearch.search.calibration import calibrate
 from skipsearch.search.definition import StudyDefinition, StudyDefinitionError
+from skipsearch.search.definition import validate as validate_definition
 from skipsearch.search.objective import TRIAL_FAILURES, Objective
 from skipsearch.search.records import Calibration, StudyRecord
 from skipsearch.search.spaces import SearchSpace, SpaceContext, baselines, check_space_name, get_space
 from skipsearch.search.strategies import make_pruner, make_sampler
 from skipsearch.settings import Settings
 from skipsearch.store import BestKey, BestStore, StoreError, default_storage_url, redact_url
+from skipsearch.store.locks import study_lock
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+__all__ = ["FINISHED", "StudySession", "artifact_dir", "count_finished", "open_session", "optuna_storage",
+           "study_name_for"]
+
+WAIT_POLL_SECONDS = 1.0  # how often a process whose budget is all claimed looks whether a claim came free
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -53,13 +72,13 @@ def artifact_dir(storage_url: str, settings: Settings | None = None) -> Path:
 
 
 def optuna_storage(url: str, heartbeat_seconds: int = 10) -> optuna.storages.RDBStorage:
-    """RDB storage with heartbeat: a dead worker's RUNNING trial is failed and its parameters retried once."""
+    """RDB storage with heartbeat: a dead worker's RUNNING trial is failed and its parameters queued again."""
     try:
         with warnings.catch_warnings():  # heartbeat and its retry callback are flagged experimental by Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                heartbeat_stale_trial_callback=RequeueStaleTrial(),
                 engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
     except Exception as exc:  # sqlalchemy/driver errors vary; the store has already checked connectivity
         raise StoreError(f"cannot open Optuna storage {redact_url(url)}: {str(exc).splitlines()[0]}") from None
@@ -71,13 +90,6 @@ def study_name_for(definition: StudyDefinition, adapter: SkipAdapter) -> str:
     safe_model = "".join(c if c.isalnum() or c in "-_." else "-" for c in adapter.name)
     return definition.name or (f"{safe_model}-{adapter.identity.sha256[:8]}-{definition.sampler}-"
                                f"nfe{definition.nfe}-{definition.space}-{definition.objective_digest()}")
-
-
-def count_finished(study: optuna.Study) -> int:
-    """Trials that used the budget: complete, pruned, and failed ones that were not re-run by the retry callback."""
-    trials = study.get_trials(deepcopy=False, states=FINISHED)
-    retried = {t.system_attrs.get("failed_trial") for t in study.get_trials(deepcopy=False)}
-    return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -97,6 +109,7 @@ class StudySession:
     calibration: Calibration | None = None  # how the rho bounds were set, when they were calibrated
     objective: Objective = field(init=False)
     interrupted: bool = False
+    tag: str = field(default_factory=process_tag)  # names this process on the trials it runs
 
     def __post_init__(self) -> None:
         from optuna.artifacts import FileSystemArtifactStore
@@ -120,18 +133,47 @@ class StudySession:
         return BestKey(self.adapter.name, self.adapter.identity.sha256, self.definition.sampler, self.definition.nfe)
 
     def remaining(self) -> int:
+        """Budget not yet used by finished trials (running ones may still use it, or fail and be queued again)."""
         return max(0, self.definition.trials - count_finished(self.study))
 
-    def run(self, n_trials: int, callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None) -> None:
-        """Run up to ``n_trials`` (the study-wide budget caps it), failures recorded and skipped."""
-        budget = optuna.study.MaxTrialsCallback(self.definition.trials, states=FINISHED)
-        self.study.optimize(self.objective, n_trials=n_trials, catch=TRIAL_FAILURES,
-                            callbacks=[budget, *(callbacks or [])])
+    def lock(self, purpose: str = "claim"):
+        """The study's lock across every process on this database (budget claims; validation)."""
+        return study_lock(self.store.engine, f"{self.study.study_name}:{purpose}")
+
+    def run(self, n_trials: int | None = None,
+            callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None, *,
+            wait_for_others: bool = True) -> int:
+        """Run trials until the study-wide budget is used (or ``n_trials`` ran here); the number run here.
+
+        Each trial first claims a budget slot (:class:`skipsearch.search.budget.TrialGate`); orphans of dead
+        processes are failed and queued again first. With ``wait_for_others``, a process whose slots are all
+        claimed by running trials elsewhere waits for them: they may die and be queued again.
+        """
+        gate = TrialGate(self.objective, self.definition.trials, self.lock, self.tag)
+        catch = (*TRIAL_FAILURES, TrialSkipped)
+        ran = 0
+        with _one_line_trial_failures(catch):
+            while not self.interrupted and (n_trials is None or ran < n_trials):
+                recover_orphans(self.study, self.settings.heartbeat_seconds)
+                if used(self.study) >= self.definition.trials:
+                    if not wait_for_others or self.remaining() == 0 and not _running(self.study):
+                        break
+                    time.sleep(WAIT_POLL_SECONDS)
+                    continue
+                try:
+                    self.study.optimize(gate, n_trials=1, catch=catch, callbacks=callbacks)
+                except KeyboardInterrupt:
+                    requeue_interrupted(self.study, gate.interrupted)
+                    raise
+                ran += 1
+        return ran
 
     def validate(self, top_k: int | None = None,
                  on_done: Callable[[FrozenTrial, float], None] | None = None) -> list[dict[str, Any]]:
-        """See :func:`skipsearch.search.validation.validate`."""
-        return validation.validate(self, top_k, on_done)
+        """See :func:`skipsearch.search.validation.validate`; one process at a time (the others then find the
+        trials validated and only read the results)."""
+        with self.lock("validate"):
+            return validation.validate(self, top_k, on_done)
 
     # --- baselines and warm start -----------------------------------------------------------------------------------
     def enqueue_starts(self) -> list[str]:
@@ -160,14 +202,52 @@ class StudySession:
         return sorted(rows, key=lambda r: abs(math.log(r.nfe / self.definition.nfe)))[:count]
 
 
+def _running(study: optuna.Study) -> bool:
+    from optuna.trial import TrialState
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+class _OneLineFailures(logging.Filter):
+    """Optuna logs a caught trial failure with its traceback; an expected one (bad images, OOM) gets one line,
+    a skipped trial none (it used nothing)."""
+
+    def __init__(self, expected: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.expected = expected
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        if isinstance(error, (TrialSkipped, KeyboardInterrupt)) or " failed with value " in message:
+            return False  # skipped: nothing used; Ctrl-C: the CLI says so; "with value None": said already
+        if isinstance(error, self.expected):
+            number = message.split(" ", 2)[1] if message.startswith("Trial ") else "?"
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                f"trial {number} failed: {type(error).__name__}: {' '.join(str(error).split())}", (), None, None)
+        return True
+
+
+@contextmanager
+def _one_line_trial_failures(expected: tuple[type[BaseException], ...]) -> Iterator[None]:
+    logger, quiet = logging.getLogger("optuna.study._optimize"), _OneLineFailures(expected)
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def open_session(definition: StudyDefinition, *, storage_url: str | None = None, device: str = "cpu",
                  adapter: SkipAdapter | None = None, settings: Settings | None = None) -> StudySession:
     """Load the model, proxy and space, and create or resume the study (``load_if_exists``)."""
     settings = settings or Settings.from_env()
     # Cheap checks first: a typo must not cost a model load.
+    validate_definition(definition)  # types and ranges, also of a definition made in Python rather than from a file
     sampler_spec = get_sampler(definition.sampler)
     steps = steps_for_nfe(definition.sampler, definition.nfe)
     check_space_name(definition.space)
+    check_sampler_options(definition.sampler, definition.sampler_options,
+                          where=f"{definition.source}: [sampler_options]")
     storage_url = storage_url or default_storage_url(settings)
     store = BestStore(storage_url)
     if adapter is None:
@@ -184,10 +264,16 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
                        stochastic=sampler_spec.stochastic)
     space = get_space(definition.space, ctx, definition.space_bounds)
     name = study_name_for(definition, adapter)
-    study = optuna.create_study(storage=optuna_storage(storage_url, settings.heartbeat_seconds), study_name=name,
-                                direction="minimize", load_if_exists=True, sampler=make_sampler(definition.search))
+    # Processes starting together on a fresh database would race to create Optuna's tables.
+    with study_lock(store.engine, "optuna-schema"):
+        study = optuna.create_study(storage=optuna_storage(storage_url, settings.heartbeat_seconds),
+                                    study_name=name, direction="minimize", load_if_exists=True,
+                                    sampler=make_sampler(definition.search))
     record = StudyRecord(study)
     _check_identity(record, definition, adapter, name)
+    with study_lock(store.engine, f"{name}:claim"):
+        process_index = record.join()
+    study.sampler = make_sampler(definition.search, process_index=process_index)
     calibration = None
     if space.searches_rho and definition.space_bounds.calibrate:
         calibration = record.calibration()

@@ -6,6 +6,8 @@ fine-tuning trials), so the pruner is built from the objective's ``pruning_steps
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -92,9 +94,20 @@ for _name, _factory in (("successive-halving", _successive_halving), ("hyperband
     PRUNERS.register(_name, _factory)
 
 
-def make_sampler(config: SearchConfig, num_params_hint: int = 2) -> optuna.samplers.BaseSampler:
+def process_seed(seed: int, process_index: int) -> int:
+    """The sampler seed of the ``process_index``-th process to join a study: the study seed for the first (a
+    one-process study is reproducible), another seed derived from it for each later one, so that concurrent
+    processes, Ray workers and resumed runs do not propose the same points."""
+    if process_index == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{process_index}".encode()).digest()[:4], "big")
+
+
+def make_sampler(config: SearchConfig, num_params_hint: int = 2,
+                 process_index: int = 0) -> optuna.samplers.BaseSampler:
     startup = max(4, min(10, 2 * num_params_hint))
-    return OPTUNA_SAMPLERS.get(config.sampler)(config, startup)
+    seeded = dataclasses.replace(config, seed=process_seed(config.seed, process_index)) if process_index else config
+    return OPTUNA_SAMPLERS.get(config.sampler)(seeded, startup)
 
 
 def make_pruner(config: SearchConfig, steps: Sequence[int]) -> optuna.pruners.BasePruner:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -110,6 +111,10 @@ def _install_sqlite_hooks(engine: Engine) -> None:
             # WAL lets readers proceed beside a writer; it persists in the file, so Optuna's engine benefits too.
             if str(mode).lower() not in ("wal", "memory"):
                 cur.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if not _is_read_only(exc):
+                raise
+            # A read-only database keeps its journal mode; _check_writable reports it in one line.
         finally:
             cur.close()
 
@@ -163,7 +168,7 @@ def connect(url: str, *, retries: int = 3, backoff: float = 0.5) -> Engine:
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-            return engine
+            break
         except (DBAPIError, OSError) as exc:
             reason = _reason(exc, parsed)
             if attempt + 1 >= attempts:
@@ -173,7 +178,42 @@ def connect(url: str, *, retries: int = 3, backoff: float = 0.5) -> Engine:
             log.warning("cannot reach storage %s (%s); retrying in %.1fs (%d/%d)", red, reason, delay, attempt + 1,
                         attempts)
             time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+    _check_writable(engine, red)
+    return engine
+
+
+def _is_read_only(exc: BaseException) -> bool:
+    msg = str(getattr(exc, "orig", exc)).lower()
+    return "readonly database" in msg or "read-only" in msg or "read only" in msg
+
+
+def _check_writable(engine: Engine, red: str) -> None:
+    """StoreError unless the database takes writes: every command may create tables or record results, and a
+    read-only one would otherwise fail mid-study with a driver traceback. Nothing is written: the probe is rolled
+    back (on SQLite it never leaves the page cache, so the file and its WAL keep their bytes)."""
+    def probe() -> None:
+        with _write(engine) as conn:
+            conn.exec_driver_sql("CREATE TABLE skipsearch_write_probe (x INTEGER)")
+            conn.rollback()
+
+    try:
+        if _is_sqlite(engine):
+            _retry_locked(probe, "write check")  # another writer may hold the lock past the busy timeout
+        elif engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                read_only = conn.exec_driver_sql("SHOW transaction_read_only").scalar()
+            if str(read_only).lower() in ("on", "true"):
+                raise StoreError(f"storage {red} is read-only (transaction_read_only is on); skipsearch writes "
+                                 f"studies and results there: give a writable database ({_HINT})")
+    except StoreError:
+        engine.dispose()
+        raise
+    except (DBAPIError, OSError) as exc:
+        engine.dispose()
+        if _is_read_only(exc):
+            raise StoreError(f"storage {red} is read-only ({_reason(exc)}); skipsearch writes studies and results "
+                             f"there: give a writable database ({_HINT})") from None
+        raise StoreError(f"cannot write to storage {red}: {_reason(exc)}; {_HINT}") from None
 
 
 def _is_locked(exc: BaseException) -> bool:

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from skipsearch.search.session import count_finished
+from skipsearch.search.budget import count_finished
 from skipsearch.store import BestKey, BestStore
 
 TINY = ["--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "1", "--device", "cpu", "--rho-min", "0.3",

@@ -382,13 +382,16 @@ def test_finetune_study_through_the_cli(s2dm_run):
             assert t.value == pytest.approx(t.intermediate_values[6])
         elif t.state == optuna.trial.TrialState.PRUNED:
             assert set(t.intermediate_values) <= {2, 4, 6} and "weights_sha256" not in t.user_attrs
-    # The exported schedule names the fine-tuned weights; only the best trial's weights are left.
+    # The exported schedule names the fine-tuned weights, copied beside it; only the best trial's weights are left.
     schedule = SkipSchedule.load(export)
-    weights = Path(schedule.provenance["weights_path"])
+    weights = export.parent / schedule.provenance["weights_path"]
+    assert schedule.provenance["weights_path"] == "best.safetensors"
     assert weights.is_file() and schedule.model.sha256 == file_sha256(weights) != base_sha
+    assert schedule.provenance["weights_sha256"] == schedule.model.sha256
     assert schedule.model.name == "edm" and schedule.provenance["base_sha256"] == base_sha
     assert schedule.provenance["validated"]["n"] == 24
-    assert sorted(weights.parent.glob("*.safetensors")) == [weights]
+    (kept,) = (home / "artifacts" / "s2dm").rglob("*.safetensors")
+    assert file_sha256(kept) == schedule.model.sha256
     card = read_card(weights)
     assert card["steps"] == 6 and card["batch_size"] == 16 and card["base_sha256"] == base_sha
     assert {"tau", "skip", "lr", "seconds"} <= set(card)
@@ -399,22 +402,21 @@ def test_finetune_study_through_the_cli(s2dm_run):
 def test_exported_schedule_samples_with_its_checkpoint(s2dm_run, tmp_path):
     home, _, export, proc = s2dm_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    weights = json.loads(export.read_text())["provenance"]["weights_path"]
+    weights = export.parent / json.loads(export.read_text())["provenance"]["weights_path"]
     ok = _cli(["sample", "--checkpoint", weights, "--schedule", export, "--nfe", "5", "--n", "2", "--device", "cpu",
                "-o", tmp_path / "grid.png"], home)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (tmp_path / "grid.png").is_file()
-    # Without --checkpoint, sample loads the weights the schedule names (provenance.weights_path) ...
+    # Without --checkpoint, sample loads the weights beside the schedule (provenance.weights_path) ...
     auto = _cli(["sample", "--schedule", export, "--nfe", "5", "--n", "2", "--device", "cpu", "-o",
                  tmp_path / "auto.png"], home)
     assert auto.returncode == 0, auto.stderr[-2000:]
-    # ... and when that file is gone the schedule refuses the base weights (its sha256 names the fine-tuned ones).
-    moved = json.loads(export.read_text())
-    moved["provenance"]["weights_path"] = str(tmp_path / "gone.safetensors")
-    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    # ... and without that file beside it the schedule is refused (never the base weights, never a guess).
+    (tmp_path / "moved.json").write_text(export.read_text())
     refused = _cli(["sample", "--schedule", tmp_path / "moved.json", "--nfe", "5", "--n", "2", "--device", "cpu",
                     "-o", tmp_path / "no.png"], home)
-    assert refused.returncode != 0 and "sha256" in refused.stderr and "Traceback" not in refused.stderr
+    assert refused.returncode == 2 and "--checkpoint" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "no.png").exists()
 
 
 def test_combined_space_in_process(tmp_path, monkeypatch):
@@ -431,6 +433,7 @@ def test_combined_space_in_process(tmp_path, monkeypatch):
     assert result.counts["complete"] == 2 and len(result.validations) == 2  # both baselines (rho 1 and paper)
     schedule = json.loads((tmp_path / "c.json").read_text())
     assert {"rho_bottom", "rho_top", "tau", "skip", "lr"} <= set(schedule["provenance"]["params"])  # (+ churn)
-    weights = Path(schedule["provenance"]["weights_path"])
+    weights = tmp_path / schedule["provenance"]["weights_path"]
     assert schedule["model"]["sha256"] == file_sha256(weights)
-    assert sorted(weights.parent.glob("*.safetensors")) == [weights]
+    (kept,) = (tmp_path / "artifacts" / "s2dm").rglob("*.safetensors")
+    assert file_sha256(kept) == file_sha256(weights)
