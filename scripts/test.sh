@@ -8,6 +8,7 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -e ".[test,diffusers]" -c .ci/constraints.txt
 # PostgreSQL binaries for the distributed tests (Debian's package when missing; the tests start their own server).
 bash scripts/ci_postgres.sh
+bash scripts/ci_browser.sh  # chromium + chromedriver for tests/export/test_browser.py (skipped without them)
 # Lint with the project's config (pyproject.toml [tool.ruff]) before the tests.
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"

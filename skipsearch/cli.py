@@ -136,6 +136,7 @@ CHOICES: dict[tuple[str, str], Callable[[], list[str]]] = {
     ("evaluate", "extractor"): _extractor_names, ("refstats", "extractor"): _extractor_names,
     ("proxy-check", "extractor"): _extractor_names, ("refstats", "dataset"): _dataset_names,
     ("refstats", "split"): lambda: ["train", "test"], ("train", "kind"): lambda: ["edm", "ddpm"],
+    **{(command, "fmt"): lambda: ["table", "json", "csv"] for command in ("best", "studies", "models")},
 }
 
 
@@ -165,22 +166,17 @@ def _positive(value: Optional[int], flag: str) -> None:
         raise UsageError(f"{flag} must be a positive integer, got {value}")
 
 
-def _print_rows(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    """A table when it fits the terminal whole, else one block of ``column: value`` lines per row."""
-    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
-    if sum(widths) + 2 * len(columns) + 2 <= out.width:
-        table = Table(title=title, box=box.SIMPLE, padding=(0, 1))
-        for column in columns:
-            table.add_column(column, no_wrap=True)
-        for row in rows:
-            table.add_row(*(escape(v) for v in row))
-        out.print(table)
-        return
-    out.print(title)
-    for row in rows:
-        out.print("")
-        for column, value in zip(columns, row):
-            out.print(f"  {column:>{max(map(len, columns))}}: {escape(value)}", soft_wrap=True)
+def _print_rows(title: str, columns: list, rows: list[dict[str, Any]], fmt: str = "table", wide: bool = False,
+                fields: Optional[list[str]] = None) -> None:
+    """``rows`` to stdout: a table chosen to fit the terminal's width now, or exact JSON / CSV for scripts."""
+    from skipsearch.export.tables import render, terminal_width
+    text = render(rows, fmt, fields=fields, columns=columns, title=title, width=terminal_width(out.width), wide=wide)
+    out.file.write(text)  # plain text: no markup, colour or rich wrapping (each format is laid out already)
+    out.file.flush()
+
+
+FormatOpt = typer.Option("table", "--format", help="table (fits the terminal), or json / csv with full values")
+WideOpt = typer.Option(False, "--wide", help="every column and the full sha256 (the terminal wraps long lines)")
 
 
 def _progress() -> Progress:
@@ -264,16 +260,15 @@ def resolve_schedule(adapter, schedule: Optional[Path], rho: Optional[str], *, s
 
 
 @app.command()
-def models(ctx: typer.Context) -> None:
+def models(ctx: typer.Context, fmt: str = FormatOpt, wide: bool = WideOpt) -> None:
     """List the registered models and the model files found (skip points, source)."""
+    from skipsearch.export.tables import Column
     from skipsearch.models import list_models
-    table = Table(title="skipsearch models")
-    for column in ("name", "skip points", "description", "weights"):
-        table.add_column(column)
-    for info in list_models(_settings(ctx)):
-        table.add_row(escape(info.name), str(info.num_skip_points) if info.num_skip_points else "?",
-                      escape(info.description), escape(info.source))
-    out.print(table)
+    rows = [{"name": info.name, "skip_points": info.num_skip_points or None, "description": info.description,
+             "source": info.source} for info in list_models(_settings(ctx))]
+    columns = [Column("name", key="name", wrap=True), Column("skip points", key="skip_points", right=True),
+               Column("description", wrap=True), Column("weights", 1, key="source", wrap=True)]
+    _print_rows("skipsearch models", columns, rows, fmt, wide, fields=list(rows[0]) if rows else None)
 
 
 @app.command("skip-points")
@@ -636,8 +631,9 @@ def _print_result(definition, result, storage_url: str) -> None:
 
     from skipsearch.store import redact_url
     counts = result.counts
+    skipped = f", {counts['skipped']} skipped or queued again" if counts.get("skipped") else ""
     out.print(f"{counts['finished']} trials: {counts['complete']} complete, {counts['pruned']} pruned, "
-              f"{counts['failed']} failed ({result.seconds:.0f}s)")
+              f"{counts['failed']} failed{skipped} ({result.seconds:.0f}s)")
     if result.interrupted:
         out.print(f"[yellow]interrupted[/yellow]; the study is saved. Resume with the same command (study "
                   f"{escape(result.study_name)}, storage {escape(redact_url(storage_url))}).")
@@ -669,27 +665,40 @@ def _print_result(definition, result, storage_url: str) -> None:
 @app.command()
 def best(ctx: typer.Context, model: Optional[str] = typer.Option(None, "--model", "-m"),
          sampler: Optional[str] = typer.Option(None),
-         nfe: Optional[int] = typer.Option(None, "--nfe"), storage: Optional[str] = StorageOpt) -> None:
+         nfe: Optional[int] = typer.Option(None, "--nfe"), storage: Optional[str] = StorageOpt,
+         fmt: str = FormatOpt, wide: bool = WideOpt) -> None:
     """The validated best schedule per model, sampler and NFE."""
+    from skipsearch.export.review import honour_verdicts
     from skipsearch.models import model_key
     from skipsearch.store import BestStore, redact_url
     _positive(nfe, "--nfe")
     url = _storage(storage, _settings(ctx))
     with BestStore(url) as store:
         rows = store.best(model_key(model) if model else None, sampler, nfe)
-    if not rows:
+        rows, skipped = honour_verdicts(store, rows)  # a rejected winner: the next best validated candidate
+    for line in skipped:  # scripts read stdout: with --format json/csv the reason goes to stderr
+        (out if fmt == "table" else console).print(escape(line), soft_wrap=True)
+    from skipsearch.export.tables import Column, terminal_width
+    fields = ["model_name", "weights_sha256", "sampler", "nfe", "space", "metric", "value", "n", "proxy_value",
+              "extractor", "extractor_sha256", "study_name", "trial_number", "untuned", "created_at", "updated_at"]
+    if not rows and fmt == "table":
         out.print("no validated best schedules yet; run 'skipsearch optimize'")
         return
-    columns = ["model", "sha256", "sampler", "NFE", "space", "metric", "validated", "n", "proxy", "study/trial",
-               "updated"]
-    _print_rows(f"best schedules in {redact_url(url)}", columns, [
-        [r.model_name, r.weights_sha256[:10], r.sampler, str(r.nfe), r.space, r.metric, f"{r.value:.4f}", str(r.n),
-         "" if r.proxy_value is None else f"{r.proxy_value:.4f}", f"{r.study_name}#{r.trial_number}",
-         r.updated_at.strftime("%Y-%m-%d %H:%M")] for r in rows])
+    # Essential columns first (always shown); the rest by priority as the terminal's width allows.
+    columns = [Column("model", key="model_name", wrap=True), Column("sampler"), Column("NFE", key="nfe", right=True),
+               Column("metric"), Column("validated", key="value", right=True),
+               Column("study/trial", 1, key=lambda r: f"{r['study_name']}#{r['trial_number']}"),
+               Column("n", 2, right=True), Column("proxy", 3, key="proxy_value", right=True), Column("space", 4),
+               Column("sha256", 5, key="weights_sha256", short=lambda sha: sha[:10]),
+               Column("updated", 6, key="updated_at")]
+    _print_rows(f"best schedules in {redact_url(url)}", columns,
+                [{**{k: getattr(r, k) for k in fields if k != "untuned"}, "untuned": r.is_untuned()} for r in rows],
+                fmt, wide, fields=fields)
+    note = out if fmt == "table" else console  # scripts read stdout: keep it to the data
     for r in rows:
         if r.is_untuned():
-            out.print(f"{escape(r.model_name)} {r.sampler} NFE {r.nfe}: no searched schedule beat rho = 1 after "
-                      "validation; the best is the untuned model")
+            note.print(f"{escape(r.model_name)} {r.sampler} NFE {r.nfe}: no searched schedule beat rho = 1 after "
+                       "validation; the best is the untuned model", width=terminal_width(note.width))
 
 
 @app.command("export")
@@ -704,7 +713,8 @@ def export_cmd(ctx: typer.Context, output: Path = typer.Option(Path("schedule.js
     if output.is_dir():
         raise UsageError(f"-o {output} is a folder; give a .json file name")
     with BestStore(_storage(storage, _settings(ctx))) as store:
-        path, row = export_best(store, output, model=model_key(model), sampler=sampler, nfe=nfe)
+        path, row = export_best(store, output, model=model_key(model), sampler=sampler, nfe=nfe,
+                                on_skip=lambda line: out.print(escape(line), soft_wrap=True))  # rejected winners
     out.print(f"wrote {escape(str(path))}: {escape(row.model_name)} {row.sampler} NFE {row.nfe}, {row.metric} "
               f"{row.value:.4f} (n={row.n}, study {escape(row.study_name)} trial {row.trial_number})")
     if row.is_untuned():
@@ -712,7 +722,8 @@ def export_cmd(ctx: typer.Context, output: Path = typer.Option(Path("schedule.js
 
 
 @app.command()
-def studies(ctx: typer.Context, storage: Optional[str] = StorageOpt) -> None:
+def studies(ctx: typer.Context, storage: Optional[str] = StorageOpt, fmt: str = FormatOpt,
+            wide: bool = WideOpt) -> None:
     """Studies in the storage with trial counts and best values."""
     import optuna
 
@@ -729,17 +740,27 @@ def studies(ctx: typer.Context, storage: Optional[str] = StorageOpt) -> None:
         states = [t.state.name for t in s.get_trials(deepcopy=False)]
         values = [t.value for t in s.get_trials(deepcopy=False) if t.value is not None]
         validated = [v.value for v in StudyRecord(s).validated().values() if v.value is not None]
-        rows.append([summary.study_name, str(len(states)), str(states.count("COMPLETE")), str(states.count("PRUNED")),
-                     str(states.count("FAIL")), f"{min(values):.4f}" if values else "-",
-                     f"{min(validated):.4f}" if validated else "-"])
-    _print_rows("studies", ["study", "trials", "complete", "pruned", "failed", "best proxy", "best validated"], rows)
+        rows.append({"study_name": summary.study_name, "trials": len(states), "complete": states.count("COMPLETE"),
+                     "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
+                     "running": states.count("RUNNING"), "best_proxy": min(values) if values else None,
+                     "best_validated": min(validated) if validated else None, "started": summary.datetime_start})
+    from skipsearch.export.tables import Column
+    columns = [Column("study", key="study_name", wrap=True), Column("trials", 1, right=True),
+               Column("complete", 3, right=True), Column("pruned", 4, right=True), Column("failed", 5, right=True),
+               Column("proxy", 2, key="best_proxy", right=True),
+               Column("validated", key="best_validated", right=True), Column("started", 6)]
+    _print_rows("studies", columns, rows, fmt, wide, fields=["study_name", "trials", "complete", "pruned", "failed",
+                                                             "running", "best_proxy", "best_validated", "started"])
 
 
 @app.command()
 def report(ctx: typer.Context, study_name: str = typer.Argument(..., help="study name (see 'skipsearch studies')"),
            output: Path = typer.Option(Path("report"), "-o", "--output"),
+           no_images: bool = typer.Option(False, "--no-images",
+                                          help="leave out the image grids (best, rho = 1, paper recipe), which "
+                                               "sample with the study's model"),
            storage: Optional[str] = StorageOpt) -> None:
-    """Trials table (CSV, Markdown) and FID-vs-rho / FID-vs-NFE plots."""
+    """index.html (header, validated table, rho heatmap, plots, image grids), trials CSV/Markdown and plots."""
     import optuna
 
     from skipsearch.export.report import write_report
@@ -753,8 +774,10 @@ def report(ctx: typer.Context, study_name: str = typer.Argument(..., help="study
             study = optuna.load_study(study_name=study_name, storage=optuna_storage(url, settings.heartbeat_seconds))
         except KeyError:
             raise UsageError(f"no study named {study_name!r}; run 'skipsearch studies' to list them") from None
-        for path in write_report(study, store, output):
-            out.print(f"wrote {escape(str(path))}")
+        written = write_report(study, store, output, images=not no_images, settings=settings,
+                               on_note=lambda line: out.print(f"note: {escape(line)}", soft_wrap=True))
+    out.print(f"wrote {escape(str(written[-1]))} and {len(written) - 1} more files in {escape(str(output))}",
+              soft_wrap=True)
 
 
 @app.command()

@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from skipsearch.errors import UsageError
-from skipsearch.search.budget import count_finished
+from skipsearch.search.budget import count_finished, uncounted_failures
 from skipsearch.search.definition import StudyDefinition, default_study, load_study_file, validate
 from skipsearch.search.session import StudySession, artifact_dir, open_session
 from skipsearch.settings import Settings
@@ -30,11 +30,15 @@ class OptimizeResult:
     export_path: Path | None = None
     interrupted: bool = False
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the export said: rejected winners skipped
 
     def verdict_lines(self) -> list[str]:
         """Plain words on what validation found: nothing validated, or nothing beat rho = 1."""
         if self.interrupted:
             return []
+        return self._validation_lines() + self.notes
+
+    def _validation_lines(self) -> list[str]:
         values = [v for v in self.validations if "value" in v]
         if not values:
             return ["nothing was validated: every candidate trial failed or was pruned; see the trials' fail_reason"
@@ -61,10 +65,13 @@ def default_export_path(storage_url: str, study_name: str, settings: Settings | 
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state; ``failed`` counts failures that used the budget, ``skipped`` the others (a repeat, no slot
+    left, interrupted or orphaned and queued again)."""
     states = [t.state for t in study.get_trials(deepcopy=False)]
+    skipped = uncounted_failures(study)
     return {"complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED),
-            "failed": states.count(TrialState.FAIL), "running": states.count(TrialState.RUNNING),
-            "finished": count_finished(study)}
+            "failed": states.count(TrialState.FAIL) - skipped, "skipped": skipped,
+            "running": states.count(TrialState.RUNNING), "finished": count_finished(study)}
 
 
 def run_definition(definition: StudyDefinition, *, storage_url: str | None = None, device: str = "cpu",
@@ -99,10 +106,19 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
         result.validations = session.validate(on_done=on_validated)
         result.best = session.store.get(session.key)
         if result.best is not None:
-            from skipsearch.export.schedule import export_best
+            from skipsearch.export.schedule import AllRejectedError, export_best
             path = Path(export) if export else default_export_path(storage_url, session.study.study_name, settings)
-            result.export_path, _ = export_best(session.store, path, model=result.best.model_name,
-                                                sampler=result.best.sampler, nfe=result.best.nfe)
+            try:  # a reviewer's rejection (an earlier run's verdicts) moves the export to the next candidate
+                result.export_path, result.best = export_best(
+                    session.store, path, model=result.best.model_name, sampler=result.best.sampler,
+                    nfe=result.best.nfe, on_skip=result.notes.append)
+            except AllRejectedError as exc:
+                result.best = None
+                result.notes.append(str(exc))
+        from skipsearch.export.review import open_review  # a verdict form per validated candidate (dashboard)
+        open_review(session.study, storage_url, session.objective.artifact_store, settings)
+    from skipsearch.export.note import save_study_note
+    save_study_note(session, result)  # optuna-dashboard's study note: what was searched, what won, where it went
     result.seconds = time.perf_counter() - start
     session.store.close()
     return result

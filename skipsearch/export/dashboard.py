@@ -9,8 +9,9 @@ optuna-dashboard's HTTP API has no authentication, so the guard decides what a r
 
   - ``PUT /api/studies/<study_id>/note``: save a study note;
   - ``PUT /api/studies/<study_id>/<trial_id>/note``: save a trial note;
-  - ``POST /api/trials/<trial_id>/user-attrs``: submit a ``user_attr`` form widget, unless it names an attribute
-    skipsearch itself writes (:class:`~skipsearch.search.records.TrialRecord`: ``schedule``, ``proxy_n200``, ...).
+  - ``POST /api/trials/<trial_id>/user-attrs``: submit the review form (:mod:`skipsearch.export.review`), which sets
+    only ``verdict`` and ``verdict_comment``; any other attribute (a trial's schedule, a review trial's link to the
+    trial it reviews) is refused.
 
   Not among them: ``POST /api/trials/<trial_id>/tell`` (objective form widgets, "mark Complete/Fail"), which
   finishes a trial a worker may be running, and the preferential-study feedback routes; skipsearch uses neither.
@@ -33,7 +34,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from skipsearch.errors import SkipsearchError
-from skipsearch.search.records import TrialRecord
+from skipsearch.export.review import COMMENT_KEY, VERDICT_KEY
 from skipsearch.search.session import artifact_dir, optuna_storage
 from skipsearch.settings import Settings
 
@@ -47,22 +48,10 @@ _REVIEW_WRITES = frozenset({
 })
 _USER_ATTRS = ("POST", "/api/trials/<trial_id:int>/user-attrs")
 _LOSES_STUDY = frozenset({("DELETE", "/api/studies/<study_id:int>"), ("POST", "/api/studies/<study_id:int>/rename")})
+_VERDICT_KEYS = frozenset({VERDICT_KEY, COMMENT_KEY})
 _RESTART = "restart with 'skipsearch dashboard --allow-writes' to allow it"
 
 StartResponse = Callable[..., Any]
-
-
-def _owned_by_skipsearch(key: str) -> bool:
-    """True for a trial user attribute that skipsearch reads back (a schedule, a rung's proxy, a budget mark)."""
-    try:  # TrialRecord.read picks up exactly the keys skipsearch owns; a placeholder value makes them show
-        return bool(TrialRecord.read(_Attrs({key: 0})).attrs())
-    except (TypeError, ValueError):  # a key readers would choke on ("proxy_n²") is not the reviewer's either
-        return True
-
-
-class _Attrs:
-    def __init__(self, user_attrs: dict[str, Any]) -> None:
-        self.user_attrs = user_attrs
 
 
 class DashboardGuard:
@@ -164,10 +153,10 @@ def _check_user_attrs(environ: dict[str, Any]) -> tuple[str, str] | None:
     attrs = doc.get("user_attrs", {}) if isinstance(doc, dict) else None
     if not isinstance(attrs, dict):
         return "400 Bad Request", "refused: 'user_attrs' must be a JSON object"
-    owned = sorted(str(k) for k in attrs if _owned_by_skipsearch(str(k)))
-    if owned:
-        return "403 Forbidden", (f"refused: trial user attribute(s) {', '.join(map(repr, owned))} are written by "
-                                 f"skipsearch (pick another name for a review field, or {_RESTART})")
+    others = sorted(str(k) for k in attrs if str(k) not in _VERDICT_KEYS)
+    if others:
+        return "403 Forbidden", (f"refused: trial user attribute(s) {', '.join(map(repr, others))}: the review form "
+                                 f"sets only {' and '.join(sorted(_VERDICT_KEYS))} ({_RESTART})")
     return None
 
 

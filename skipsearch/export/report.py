@@ -1,15 +1,22 @@
-"""Reports with pandas: a study's trials as CSV/Markdown, FID-vs-rho and FID-vs-NFE plots as PNG."""
+"""Reports: a study's trials as CSV/Markdown (pandas), FID-vs-rho and FID-vs-NFE plots, and ``index.html``
+(:mod:`skipsearch.export.report_html`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 import pandas as pd
 
+from skipsearch.export.report_html import write_index
 from skipsearch.search.records import StudyRecord, TrialRecord
 from skipsearch.store import BestStore
+
+if TYPE_CHECKING:
+    from skipsearch.settings import Settings
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -19,10 +26,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         record = TrialRecord.read(t)
         schedule = record.schedule or {}
-        rho = np.asarray(schedule.get("rho", [[np.nan]]), dtype=float)
+        rho = np.asarray(schedule.get("rho") or [[np.nan]], dtype=float)
         row = {"trial": t.number, "state": t.state.name, "value": t.value,
                "validated": validated[t.number].value if t.number in validated else None,
-               "mean_rho": float(np.nanmean(rho)), "rho_bottom": float(rho[:, 0].mean()),
+               "mean_rho": float(rho.mean()), "rho_bottom": float(rho[:, 0].mean()),
                "rho_top": float(rho[:, -1].mean()), "eps_scale": schedule.get("eps_scale"),
                "baseline": record.baseline or "", "fail_reason": record.fail_reason or "",
                "wall_seconds": record.wall_seconds, "denoiser_calls": record.denoiser_calls}
@@ -42,8 +49,12 @@ def to_markdown(frame: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(study: optuna.Study, store: BestStore, output: str | Path) -> list[Path]:
-    """``trials.csv``, ``trials.md``, ``fid_vs_rho.png`` and (from the store) ``fid_vs_nfe.png`` in ``output``."""
+def write_report(study: optuna.Study, store: BestStore, output: str | Path, *, images: bool = True,
+                 device: str = "auto", settings: Settings | None = None,
+                 on_note: Callable[[str], None] | None = None) -> list[Path]:
+    """``trials.csv``, ``trials.md``, ``fid_vs_rho.png``, (from the store) ``fid_vs_nfe.png`` and ``index.html``
+    with its plots in ``output``; ``images``: also sample the best / rho = 1 / paper-recipe grids with the study's
+    model (on ``device``). ``on_note`` hears what was left out and why (one line each)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -84,4 +95,6 @@ def write_report(study: optuna.Study, store: BestStore, output: str | Path) -> l
         fig.savefig(output / "fid_vs_nfe.png", dpi=120)
         plt.close(fig)
         written.append(output / "fid_vs_nfe.png")
-    return written
+    extra = [p.name for p in written if p.suffix == ".png"]
+    return written + write_index(study, store, output, images=images, device=device, settings=settings, extra=extra,
+                                 on_note=on_note)

@@ -7,6 +7,7 @@ together and ``sample --schedule`` loads them without ``--checkpoint``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from skipsearch.errors import SkipsearchError
@@ -16,6 +17,10 @@ from skipsearch.store import BestRow, BestStore
 
 class ExportError(SkipsearchError, LookupError):
     """No stored best matches the request; the message lists what exists."""
+
+
+class AllRejectedError(ExportError):
+    """Every validated schedule of the key was rejected by a reviewer."""
 
 
 def find_best(store: BestStore, model: str, sampler: str | None, nfe: int | None) -> BestRow:
@@ -32,9 +37,26 @@ def find_best(store: BestStore, model: str, sampler: str | None, nfe: int | None
 
 
 def export_best(store: BestStore, output: str | Path, *, model: str, sampler: str | None = None,
-                nfe: int | None = None) -> tuple[Path, BestRow]:
-    row = find_best(store, model, sampler, nfe)
-    schedule = SkipSchedule.from_json(row.schedule_json, source=f"store row {row.id}")
+                nfe: int | None = None, on_skip: Callable[[str], None] | None = None) -> tuple[Path, BestRow]:
+    """Write the best validated schedule no reviewer rejected (``on_skip`` gets one line per rejected winner)."""
+    from skipsearch.export.review import choose, review_study_name
+    best = find_best(store, model, sampler, nfe)
+    choice = choose(store, best)
+    for line in choice.lines:
+        if on_skip is not None:
+            on_skip(line)
+    if choice.row is None:
+        said = "; ".join(f"trial {v.trial} of study {v.study}: {v.comment or 'no comment'}" for v in choice.skipped)
+        raise AllRejectedError(f"every validated schedule for model={best.model_name} sampler={best.sampler} "
+                               f"nfe={best.nfe} was rejected by a reviewer ({said}); accept one in the "
+                               f"dashboard (study {review_study_name(choice.skipped[0].study)}) or run 'skipsearch "
+                               "optimize' for more")
+    row = choice.row
+    source = f"store row {row.id}" if row is best else f"validation row {row.id}"
+    schedule = SkipSchedule.from_json(row.schedule_json, source=source)
+    review = choice.provenance()
+    if review is not None:  # what a reviewer said of it, and which rejected winners it replaces
+        schedule = schedule.with_metadata(provenance={**schedule.provenance, "review": review})
     weights = schedule.provenance.get("weights_path")
     if weights:  # fine-tuned weights: copied first, so the JSON never names a file that is not there
         from skipsearch.export.weights import copy_weights_beside

@@ -70,6 +70,13 @@ def count_finished(study: optuna.Study) -> int:
     return sum(1 for t in trials if t.state in FINISHED and _counts(t, retried))
 
 
+def uncounted_failures(study: optuna.Study) -> int:
+    """FAIL trials that did not use the budget (skipped, or queued again)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    return sum(1 for t in trials if t.state == TrialState.FAIL and not _counts(t, retried))
+
+
 def claimed_running(study: optuna.Study, exclude: int | None = None) -> list[FrozenTrial]:
     """RUNNING trials holding a claim on the budget (or too new to tell: a trial claims within moments)."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number != exclude]

@@ -21,6 +21,7 @@ import tomllib
 from skipsearch.errors import SkipsearchError
 from skipsearch.proxy.config import ProxyConfig
 from skipsearch.schedule.limits import EPS_SCALE_RANGE, RHO_RANGE
+from skipsearch.search.records import REVIEW_SUFFIX, is_review_study
 from skipsearch.search.strategies import OPTUNA_SAMPLERS, PRUNERS
 
 if TYPE_CHECKING:
@@ -238,6 +239,9 @@ def validate(definition: StudyDefinition) -> None:
     if name is not None and not STUDY_NAME.match(name):
         raise StudyDefinitionError(f"{where}: study name {name!r} must be 1-128 letters, digits, '.', '_' "
                                    "or '-', starting with a letter or digit")
+    if name is not None and is_review_study(name):
+        raise StudyDefinitionError(f"{where}: {name!r} names a review study (verdicts on the trials of "
+                                   f"{name.removesuffix(REVIEW_SUFFIX)!r}); run trials in that study instead")
     if definition.trials < 1:
         raise StudyDefinitionError(f"{where}: trials must be a positive integer, got {definition.trials!r}")
     search, proxy = definition.search, definition.proxy

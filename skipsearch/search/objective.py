@@ -10,11 +10,12 @@ from typing import Any
 import optuna
 import torch
 
+from skipsearch.export.figures import rho_heatmap, side_by_side
 from skipsearch.export.images import save_grid
 from skipsearch.models.adapter import SkipAdapter
 from skipsearch.proxy.errors import NonFiniteError
 from skipsearch.proxy.fid_proxy import FidProxy, RungResult
-from skipsearch.sampling.generate import DegenerateOutputError, NonFiniteOutputError
+from skipsearch.sampling.generate import DegenerateOutputError, NonFiniteOutputError, generate
 from skipsearch.schedule import SkipSchedule
 from skipsearch.search.records import TrialRecord
 from skipsearch.search.spaces import SearchSpace
@@ -22,6 +23,7 @@ from skipsearch.search.spaces import SearchSpace
 # Failures that belong to a trial (its schedule), not to the study: the trial is FAIL and the study goes on.
 TRIAL_FAILURES: tuple[type[BaseException], ...] = (NonFiniteOutputError, DegenerateOutputError, NonFiniteError,
                                                      torch.OutOfMemoryError, MemoryError)
+PREVIEW_IMAGES = 16  # images of a trial shown in its artifacts (the first seeds of its first rung)
 
 
 class Objective:
@@ -31,6 +33,10 @@ class Objective:
                  artifact_store: Any | None = None):
         self.adapter, self.proxy, self.space, self.space_name = adapter, proxy, space, space_name
         self.artifact_store = artifact_store
+        # rho = 1 on the preview seeds, per (first seed, count): sampled once per process (with common random
+        # numbers every trial previews the same seeds), or taken from the untuned baseline trial for free.
+        self._untuned_previews: dict[tuple[int, int], torch.Tensor] = {}
+        self.untuned_generated = 0  # how often the rho = 1 preview had to be sampled here
 
     def pruning_steps(self) -> tuple[int, ...]:
         """The steps this objective reports to the pruner: the proxy rungs (image counts)."""
@@ -53,16 +59,22 @@ class Objective:
         start = time.perf_counter()
         schedule = self.schedule_for(trial)
         TrialRecord.put(trial, schedule=schedule.to_dict(), nfe=self.proxy.nfe, sampler=self.proxy.sampler)
+        first_seed = self.proxy.seeds_for(1).start  # the seeds evaluate() is about to use
 
         def on_rung(_index: int, rung: RungResult) -> None:
             trial.report(rung.value, step=rung.n)
             TrialRecord.put(trial, rungs={rung.n: rung.value})
             if trial.should_prune():
                 TrialRecord.put(trial, wall_seconds=round(time.perf_counter() - start, 3))
+                if self.artifact_store is not None:  # a reviewer sees what was pruned, too (16 more images)
+                    count = min(PREVIEW_IMAGES, rung.n)
+                    images = (self.untuned_preview(first_seed, count) if _untuned(schedule)
+                              else self._preview(schedule, first_seed, count))
+                    self._upload_grid(trial, images, first_seed=first_seed)
                 raise optuna.TrialPruned(f"pruned at n={rung.n} ({self.proxy.config.metric} {rung.value:.3f})")
 
         try:
-            result = self.proxy.evaluate(schedule, on_rung=on_rung)
+            result = self.proxy.evaluate(schedule, on_rung=on_rung, preview=PREVIEW_IMAGES)
         except TRIAL_FAILURES as exc:
             TrialRecord.put(trial, fail_reason=f"{type(exc).__name__}: {exc}")
             raise
@@ -70,14 +82,53 @@ class Objective:
                         sampling_seconds=round(result.sampling_seconds, 3),
                         feature_seconds=round(result.feature_seconds, 3), extractor=result.extractor,
                         wall_seconds=round(time.perf_counter() - start, 3))
+        if result.preview is not None and _untuned(schedule):
+            self._untuned_previews.setdefault((result.seeds[0], len(result.preview)), result.preview.cpu())
         if self.artifact_store is not None and result.preview is not None:
-            self._upload_grid(trial, result.preview)
+            self._upload_grid(trial, result.preview, first_seed=result.seeds[0])
         return result.value
 
-    def _upload_grid(self, trial: optuna.Trial, images: torch.Tensor) -> None:
+    def _preview(self, schedule: SkipSchedule | None, first_seed: int, count: int) -> torch.Tensor:
+        """The first ``count`` images of an evaluation from ``first_seed`` (the same noise the proxy used)."""
+        return generate(self.adapter, sampler=self.proxy.sampler, nfe=self.proxy.nfe,
+                        seeds=range(first_seed, first_seed + count), schedule=schedule,
+                        batch_size=self.proxy.config.batch_size, **self.proxy.sampler_options).images.cpu()
+
+    def untuned_preview(self, first_seed: int, count: int) -> torch.Tensor:
+        """rho = 1 (the model as trained) on the preview seeds, cached for this objective."""
+        key = (first_seed, count)
+        if key not in self._untuned_previews:
+            self._untuned_previews[key] = self._preview(None, first_seed, count)
+            self.untuned_generated += 1
+        return self._untuned_previews[key]
+
+    def _upload_grid(self, trial: optuna.Trial, images: torch.Tensor, first_seed: int | None = None) -> None:
+        """The trial's artifacts: its sample grid, its rho heatmap and its grid beside rho = 1 on the same seeds."""
         from optuna.artifacts import upload_artifact
-        with tempfile.TemporaryDirectory() as folder:
-            path = save_grid(images, Path(folder) / f"trial-{trial.number}-samples.png", scale=2)
-            artifact_id = upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
-                                          study_or_trial=trial, mimetype="image/png")
-        TrialRecord.put(trial, sample_grid_artifact=artifact_id)
+        record = TrialRecord.read(trial)
+        if first_seed is None:  # the seeds written by the objective ("0-399"), else the configured offset
+            first_seed = int(record.seeds.split("-")[0]) if record.seeds else self.proxy.config.seed_offset
+        untuned = self.untuned_preview(first_seed, len(images))
+        label = record.baseline or record.warm_start or self.space_name
+        seeds = f"seeds {first_seed}-{first_seed + len(images) - 1}"
+        where = f"{self.proxy.sampler} NFE {self.proxy.nfe}"
+        ids: dict[str, str] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            folder, n = Path(tmp), trial.number
+            files = {"sample_grid_artifact": save_grid(images, folder / f"trial-{n}-samples.png", scale=2)}
+            if record.schedule:
+                files["rho_heatmap_artifact"] = rho_heatmap(
+                    record.schedule, [p.resolution for p in self.adapter.skip_points],
+                    f"trial {n} · {label} · {where}", path=folder / f"trial-{n}-rho.png")
+            files["side_by_side_artifact"] = side_by_side(
+                images.cpu(), untuned, (f"trial {n}", "rho = 1 (untuned)"), f"{seeds} · {where}",
+                path=folder / f"trial-{n}-vs-untuned.png")
+            for field_name, path in files.items():
+                ids[field_name] = upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
+                                                  study_or_trial=trial, mimetype="image/png")
+        TrialRecord.put(trial, **ids)
+
+
+def _untuned(schedule: SkipSchedule) -> bool:
+    """The schedule samples exactly what ``schedule=None`` (the model as trained) samples."""
+    return schedule.is_identity and not schedule.churn.s_churn

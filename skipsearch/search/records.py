@@ -37,6 +37,8 @@ class TrialRecord:
     uncounted: str | None = None  # why a FAIL trial does not count against the budget (skipsearch.search.budget)
     claimed_by: str | None = None  # worker that claimed a budget slot for it
     sample_grid_artifact: str | None = None  # optuna artifact id of the sample grid
+    rho_heatmap_artifact: str | None = None  # optuna artifact id of the rho heatmap (skip point x interval)
+    side_by_side_artifact: str | None = None  # optuna artifact id of the preview next to rho = 1, same seeds
     worker: str | None = None  # host:pid:suffix of the process that ran it
     worker_pid: int | None = None
     rungs: dict[int, float] = field(default_factory=dict)  # n -> proxy
@@ -165,3 +167,15 @@ class StudyRecord:
 
     def mark_baselines_enqueued(self) -> None:
         self.study.set_user_attr(self.BASELINES_ENQUEUED, True)
+
+
+# A study's companion for human verdicts (skipsearch.export.review) is named after it; no trial ever runs there.
+REVIEW_SUFFIX = ".review"
+
+
+def review_study_name(study_name: str) -> str:
+    return f"{study_name}{REVIEW_SUFFIX}"
+
+
+def is_review_study(study_name: str) -> bool:
+    return study_name.endswith(REVIEW_SUFFIX)

@@ -271,6 +271,10 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
                                     sampler=make_sampler(definition.search))
     record = StudyRecord(study)
     _check_identity(record, definition, adapter, name)
+    if study.metric_names != [definition.proxy.metric]:  # optuna-dashboard shows "fid", not "Objective 0"
+        with warnings.catch_warnings():  # flagged experimental by Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([definition.proxy.metric])
     with study_lock(store.engine, f"{name}:claim"):
         process_index = record.join()
     study.sampler = make_sampler(definition.search, process_index=process_index)
@@ -297,7 +301,7 @@ def _check_identity(record: StudyRecord, definition: StudyDefinition, adapter: S
                "proxy": {**dataclasses.asdict(definition.proxy), "rungs": list(definition.proxy.rungs)},
                "sampler_options": dict(definition.sampler_options), "metric": definition.proxy.metric,
                "extractor": definition.proxy.extractor, "rungs": list(definition.proxy.rungs),
-               "final_n": definition.search.final_n, "source": definition.source}
+               "final_n": definition.search.final_n, "trials": definition.trials, "source": definition.source}
     stored = record.definition
     if not stored:
         record.set_definition(current)

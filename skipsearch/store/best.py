@@ -279,6 +279,24 @@ class BestStore:
         with Session(self.engine) as s:
             return [_validation_row(r) for r in s.scalars(stmt)]
 
+    def best_excluding(self, key: BestKey, rejected: set[tuple[str, int]]) -> BestRow | None:
+        """The best row for ``key`` unless its (study, trial) is in ``rejected``; then the lowest validation of the
+        same metric in the history whose (study, trial) is not (the earliest of equal values, as ``record`` keeps
+        it), as a row; None when nothing is left. The caller says what is rejected (reviews live in Optuna)."""
+        best = self.get(key)
+        if best is None or (best.study_name or "", best.trial_number) not in rejected:
+            return best
+        left = [v for v in self.validations(key) if v.metric == best.metric and math.isfinite(v.value)
+                and (v.study_name or "", v.trial_number) not in rejected]
+        if not left:
+            return None
+        v = min(left, key=lambda v: (v.value, v.created_at, v.id))
+        return BestRow(id=v.id, model_name=v.model_name, weights_sha256=v.weights_sha256, sampler=v.sampler,
+                       nfe=v.nfe, space=v.space, metric=v.metric, value=v.value, n=v.n, extractor=v.extractor,
+                       extractor_sha256=v.extractor_sha256, schedule_json=v.schedule_json, study_name=v.study_name,
+                       trial_number=v.trial_number, proxy_value=v.proxy_value, created_at=v.created_at,
+                       updated_at=v.created_at)
+
     def schema_version(self) -> int:
         """The schema version stored in the database."""
         with self.engine.connect() as conn:

@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 from helpers.pg import pg_server, pg_url  # noqa: F401 - fixtures
+from helpers.studies import searched_study_names
 from optuna.trial import TrialState
 
 from skipsearch.search.budget import TrialGate, TrialSkipped, count_finished, process_tag, recover_orphans, used
@@ -124,7 +125,7 @@ def _cli(*args: str) -> list[str]:
 
 
 def _study(url: str) -> optuna.Study:
-    (name,) = optuna.get_all_study_names(url)
+    (name,) = searched_study_names(url)
     return optuna.load_study(study_name=name, storage=url)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 from helpers.pg import pg_server, pg_url  # noqa: F401 - fixtures
+from helpers.studies import searched_study_names
 from optuna.trial import TrialState
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
@@ -46,7 +47,7 @@ def _cli(*args: str) -> list[str]:
 
 
 def _study(url: str | optuna.storages.BaseStorage) -> optuna.Study:
-    names = optuna.get_all_study_names(url)
+    names = searched_study_names(url)
     assert len(names) == 1, names
     return optuna.load_study(study_name=names[0], storage=url)
 

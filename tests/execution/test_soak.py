@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 from helpers.pg import pg_server, pg_url  # noqa: F401 - fixtures
+from helpers.studies import searched_study_names
 from optuna.trial import TrialState
 
 from skipsearch.search.budget import count_finished
@@ -89,7 +90,7 @@ def test_soak_three_processes_two_ray_workers_random_sigkills(pg_url: str, tmp_p
     assert not procs, f"did not finish within {DEADLINE_SECONDS}s; kills {kills}\n{output}"
     assert exits == {"local-1": 0, "local-2": 0, "ray": 0}, f"{exits}\n{output}"
 
-    (name,) = optuna.get_all_study_names(pg_url)
+    (name,) = searched_study_names(pg_url)
     study = optuna.load_study(study_name=name, storage=pg_url)
     trials = study.get_trials()
     assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -115,7 +116,7 @@ def _ray_worker_pids(url: str, procs: dict[str, subprocess.Popen]) -> list[int]:
     """Pids of processes running trials that are none of ours: the Ray workers."""
     ours = {proc.pid for proc in procs.values()}
     try:
-        (name,) = optuna.get_all_study_names(url)
+        (name,) = searched_study_names(url)
         study = optuna.load_study(study_name=name, storage=url)
     except Exception:  # no schema or study yet
         return []

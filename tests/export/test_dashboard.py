@@ -186,18 +186,19 @@ def test_notes_are_saved_without_allow_writes(server: Server) -> None:
     assert [t["note"] for t in detail["trials"] if t["trial_id"] == trial_id] == [{"version": 1, "body": "t note"}]
 
 
-def test_review_user_attrs_are_saved_but_skipsearch_attrs_are_not(server: Server) -> None:
+def test_review_form_attrs_are_saved_but_no_others(server: Server) -> None:
     db = server.db
     # Optuna takes user attributes only on a RUNNING trial: the human-in-the-loop case the form widgets serve.
     trial_id = optuna_storage(db.url).create_new_trial(db.loose)
-    status, body = server.request("POST", f"/api/trials/{trial_id}/user-attrs", {"user_attrs": {"looks_good": "yes"}})
+    verdict = {"verdict": -1, "verdict_comment": "speckle"}
+    status, body = server.request("POST", f"/api/trials/{trial_id}/user-attrs", {"user_attrs": verdict})
     assert status == 204, body
-    for key in ("schedule", "proxy_n200"):
+    for key in ("schedule", "proxy_n200", "reviews_trial", "looks_good"):
         status, body = server.request("POST", f"/api/trials/{trial_id}/user-attrs", {"user_attrs": {key: "forged"}})
         assert status == 403, (key, body)
         assert key.encode() in body and b"--allow-writes" in body
     attrs = optuna_storage(db.url).get_trial(trial_id).user_attrs
-    assert attrs == {"looks_good": "yes"}
+    assert attrs == verdict
 
 
 def test_write_with_foreign_origin_is_refused(server: Server) -> None:

@@ -14,6 +14,7 @@ import optuna
 import pytest
 import torch
 from helpers.cli import assert_one_line_error, run_cli
+from helpers.studies import searched_study_names
 
 from skipsearch.data import DataRange
 from skipsearch.models.bundled import BUNDLED_DDPM
@@ -69,7 +70,7 @@ def test_diffusers_ddpm_optimizes_end_to_end(ddpm_run):
     home, url, _study, result = ddpm_run
     assert result.code == 0, result.err[-3000:]
     assert "calibrated rho bounds [" in result.out
-    names = optuna.get_all_study_names(url)
+    names = searched_study_names(url)
     assert len(names) == 1 and names[0].startswith("diffusers-ddpm_mnist-")
     study = optuna.load_study(study_name=names[0], storage=url)
     calibration = study.user_attrs["calibration"]
@@ -107,8 +108,8 @@ def test_other_bounds_make_another_study_and_a_named_study_refuses(ddpm_run, cap
             "--trials", "1"]
     other = run_cli(capsys, *args, "--rho-min", "0.95", "--rho-max", "1.05", "--top-k", "0")
     assert other.code == 0, other.err[-2000:]
-    assert len(optuna.get_all_study_names(url)) == 2  # a new study, not a silent resume of the first
-    first = sorted(optuna.get_all_study_names(url))[0]
+    assert len(searched_study_names(url)) == 2  # a new study, not a silent resume of the first
+    first = sorted(searched_study_names(url))[0]
     refused = run_cli(capsys, *args, "--study-name", first, "--rho-min", "0.5", "--rho-max", "1.5")
     assert_one_line_error(refused, "different objective")
 

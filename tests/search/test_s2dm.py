@@ -27,6 +27,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from helpers.studies import searched_study_names
 from torch import nn
 
 from skipsearch.settings import Settings
@@ -367,7 +368,7 @@ def test_finetune_study_through_the_cli(s2dm_run):
     from skipsearch.search.finetune import read_card
     home, url, export, proc = s2dm_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (name,) = optuna.get_all_study_names(url)
+    (name,) = searched_study_names(url)
     study = optuna.load_study(study_name=name, storage=url)
     trials = study.get_trials()
     assert len(trials) == 3

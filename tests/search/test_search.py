@@ -14,6 +14,7 @@ import urllib.request
 import optuna
 import pytest
 from helpers.cli import assert_one_line_error, run_cli
+from helpers.studies import searched_study_names
 
 from skipsearch.schedule import SkipSchedule
 from skipsearch.store import BestStore
@@ -39,7 +40,7 @@ def study_run(tmp_path_factory):
 
 
 def _study(url: str) -> optuna.Study:
-    names = optuna.get_all_study_names(url)
+    names = searched_study_names(url)
     assert len(names) == 1
     return optuna.load_study(study_name=names[0], storage=url)
 
@@ -92,7 +93,7 @@ def test_resume_after_interrupt(tmp_path):
     while time.time() < deadline:  # interrupt once the first trial has finished
         time.sleep(1)
         try:
-            names = optuna.get_all_study_names(url)
+            names = searched_study_names(url)
             if names and any(t.state.is_finished() for t in optuna.load_study(
                     study_name=names[0], storage=url).get_trials()):
                 break
