@@ -16,8 +16,9 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import optuna
@@ -77,14 +78,14 @@ def uncounted_failures(study: optuna.Study) -> int:
     return sum(1 for t in trials if t.state == TrialState.FAIL and not _counts(t, retried))
 
 
-def claimed_running(study: optuna.Study, exclude: int | None = None) -> list[FrozenTrial]:
-    """RUNNING trials holding a claim on the budget (or too new to tell: a trial claims within moments)."""
+def running(study: optuna.Study, exclude: int | None = None) -> list[FrozenTrial]:
+    """RUNNING trials: each holds a budget slot or is about to claim one (a trial claims within moments)."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number != exclude]
 
 
 def used(study: optuna.Study, exclude: int | None = None) -> int:
     """Budget slots taken: finished trials that count plus running ones."""
-    return count_finished(study) + len(claimed_running(study, exclude))
+    return count_finished(study) + len(running(study, exclude))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -257,16 +258,8 @@ def recover_orphans(study: optuna.Study, heartbeat_seconds: int) -> tuple[list[i
     return requeued, [t.number for t in waiting]
 
 
-def _quiet_experimental():
-    import warnings
-    context = warnings.catch_warnings()
-
-    class _Quiet:
-        def __enter__(self):
-            context.__enter__()
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-
-        def __exit__(self, *exc):
-            return context.__exit__(*exc)
-
-    return _Quiet()
+@contextmanager
+def _quiet_experimental() -> Iterator[None]:
+    with warnings.catch_warnings():  # Optuna flags fail_stale_trials experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield

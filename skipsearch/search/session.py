@@ -38,6 +38,7 @@ from skipsearch.search.budget import (
     process_tag,
     recover_orphans,
     requeue_interrupted,
+    running,
     used,
 )
 from skipsearch.search.calibration import calibrate
@@ -156,7 +157,7 @@ class StudySession:
             while not self.interrupted and (n_trials is None or ran < n_trials):
                 recover_orphans(self.study, self.settings.heartbeat_seconds)
                 if used(self.study) >= self.definition.trials:
-                    if not wait_for_others or self.remaining() == 0 and not _running(self.study):
+                    if not wait_for_others or self.remaining() == 0 and not running(self.study):
                         break
                     time.sleep(WAIT_POLL_SECONDS)
                     continue
@@ -200,11 +201,6 @@ class StudySession:
                 if r.weights_sha256 == self.adapter.identity.sha256 and r.nfe != self.definition.nfe
                 and r.space == self.definition.space]
         return sorted(rows, key=lambda r: abs(math.log(r.nfe / self.definition.nfe)))[:count]
-
-
-def _running(study: optuna.Study) -> bool:
-    from optuna.trial import TrialState
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 class _OneLineFailures(logging.Filter):
