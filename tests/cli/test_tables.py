@@ -211,7 +211,7 @@ def test_models_json_and_csv(term, capsys):
 
 def test_wrap_keeps_every_character():
     from skipsearch.export.tables import wrap
-    path = "/work/main/skipsearch/models/files/catemb-mnist.toml"
+    path = "/home/user/projects/skipsearch/models/files/catemb-mnist.toml"  # any long path
     for width in (5, 12, 20, 60):
         lines = wrap(path, width)
         assert "".join(lines) == path and all(len(line) <= width for line in lines)
