@@ -131,7 +131,7 @@ class DashboardGuard:
 
 
 def _check_user_attrs(environ: dict[str, Any]) -> tuple[str, str] | None:
-    """Read the body (and put it back) and refuse attributes skipsearch owns; (status, message) or None."""
+    """Read the body (and put it back) and refuse any attribute but the verdict form's; (status, message) or None."""
     import bottle
     if environ.get("HTTP_TRANSFER_ENCODING"):  # bottle would read a chunked body this check cannot see
         return "411 Length Required", "refused: send the user attributes with a Content-Length, not chunked"

@@ -235,8 +235,9 @@ def recover_orphans(study: optuna.Study, heartbeat_seconds: int) -> tuple[list[i
     """Fail and requeue orphans: (numbers requeued now, numbers that look orphaned but must wait a heartbeat).
 
     Heartbeat-stale trials (3 heartbeats) go whatever their host. A trial of a dead process on this host goes once
-    its heartbeat is older than one interval (a live one beats every interval); one that never wrote its process
-    or heartbeat goes once it is older than the stale grace.
+    its heartbeat is older than 1.5 intervals (a live one beats every interval); one that never wrote its process
+    or heartbeat goes once it is older than the stale grace. The heartbeat is read only for those candidates: live
+    processes' trials cost no query.
     """
     with _quiet_experimental():
         optuna.storages.fail_stale_trials(study)
@@ -245,14 +246,14 @@ def recover_orphans(study: optuna.Study, heartbeat_seconds: int) -> tuple[list[i
     dead, waiting = [], []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         record = TrialRecord.read(t)
-        worker_host, _, rest = (record.worker or "").partition(":")
+        worker_host = (record.worker or "").partition(":")[0]
         pid = record.worker_pid
-        age = _last_beat_age(study, t)
         if record.worker is None:
             started = t.datetime_start or now
-            if age is None and (now - started).total_seconds() > 3 * heartbeat_seconds:
+            if (now - started).total_seconds() > 3 * heartbeat_seconds and _last_beat_age(study, t) is None:
                 dead.append(t)
         elif worker_host == host and pid is not None and not _pid_alive(int(pid)):
+            age = _last_beat_age(study, t)
             (dead if age is None or age > 1.5 * heartbeat_seconds else waiting).append(t)
     requeued = fail_and_requeue(study, dead, "its worker process died")
     return requeued, [t.number for t in waiting]
