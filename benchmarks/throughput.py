@@ -5,8 +5,9 @@
 
 All measurements run in one process, interleaved: k rounds, each round times every measurement once, so a noisy
 moment on a shared machine hits all of them alike. Rates and ratios use the best (min) time; medians are shown too.
-Forwards are image forwards (a batch of B counts B). ``generate()`` and the proxy run at the default batch
-(``skipsearch.device.default_batch_size``) unless ``--batch`` is given; n defaults to that batch.
+Forwards are image forwards (a batch of B counts B). ``generate()`` and the proxy run at the batch skipsearch
+chooses by measurement (``skipsearch.sampling.batching``, cached per model and device) unless ``--batch`` is given;
+n defaults to that batch. The old formula's batch (``default_batch_size``) is timed beside it.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the numbers here")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler of one proxy call: where time goes")
     args = parser.parse_args()
 
     # Heavy imports here, so --help is instant.
@@ -80,6 +82,7 @@ def main() -> None:
     from skipsearch.models import load_model
     from skipsearch.proxy.config import default_proxy_config
     from skipsearch.proxy.fid_proxy import FidProxy
+    from skipsearch.sampling.batching import calibrated_batch_size
     from skipsearch.sampling.generate import generate
     from skipsearch.settings import Settings
 
@@ -89,9 +92,11 @@ def main() -> None:
     samplers = _names(args.samplers)
     settings = Settings.from_env()
     adapter = load_model(args.model, device=str(device), settings=settings)
-    batch = args.batch or default_batch_size(device, adapter.img_shape)
+    formula = default_batch_size(device, adapter.img_shape)  # the batch before it was measured
+    choice = calibrated_batch_size(adapter, cache=settings.cache)  # what generate() uses without --batch-size
+    batch = args.batch or choice.batch_size
     n = args.n or batch
-    batches = sorted(set(_ints(args.batches)) | {batch})  # the default batch too, for generate / bare
+    batches = sorted(set(_ints(args.batches)) | {batch, formula})  # the chosen and the old batch too
 
     def sync() -> None:
         if device.type == "cuda":
@@ -192,14 +197,20 @@ def main() -> None:
     proxy_m = measurements[-1]
     images_per_s = gen_first.rate(gen_first.best) / (gen_first.work / n)  # forwards/s over forwards per image
     ratios[f"proxy / generate {samplers[0]} (images/s)"] = proxy_m.rate(proxy_m.best) / images_per_s
+    gen_ratio = gen_first.rate(gen_first.best) / bare_default.rate(bare_default.best)
+    targets = [(f"bare denoise at batch {batch} >= 0.70 x GEMM", by_batch[batch].gflops / gemm_rate, 0.70),
+               (f"generate {samplers[0]} >= 0.95 x bare", gen_ratio, 0.95),
+               ("proxy >= 0.85 x generate", ratios[f"proxy / generate {samplers[0]} (images/s)"], 0.85)]
 
     info = {"model": args.model, "device": str(device), "torch": torch.__version__, "threads": threads,
-            "cores": cores, "gflop_per_forward": flops_per_forward / 1e9, "default_batch": batch, "n": n,
+            "cores": cores, "gflop_per_forward": flops_per_forward / 1e9, "batch": batch, "formula_batch": formula,
+            "calibration_rates": choice.rates, "n": n,
             "nfe": args.nfe, "k": args.k, "batches": batches}
     print(f"model {args.model} on {device}, torch {torch.__version__}, {threads} threads of {cores} cores; "
           f"{flops_per_forward / 1e9:.3f} GFLOP per image forward")
-    print(f"bare batches {','.join(map(str, batches))}; generate/proxy batch {batch}, n {n}, NFE {args.nfe}; "
-          f"{args.k} interleaved rounds; rates at the min time")
+    print(f"bare batches {','.join(map(str, batches))}; generate/proxy batch {batch} "
+          f"({'given' if args.batch else 'measured' if choice.measured else 'measured earlier, cached'}; the formula "
+          f"gives {formula}), n {n}, NFE {args.nfe}; {args.k} interleaved rounds; rates at the min time")
     header = f"{'measurement':34s} {'batch':>6s} {'min s':>8s} {'median s':>9s} {'rate (min)':>12s} " \
              f"{'rate (med)':>12s} {'unit':>10s} {'GFLOP/s':>8s}"
     print(header)
@@ -217,10 +228,28 @@ def main() -> None:
     print("-" * len(header))
     for label, value in ratios.items():
         print(f"{label:58s} {value:6.2f}")
+    print("-" * len(header))
+    for label, value, goal in targets:
+        print(f"target: {label:50s} {value:6.2f}  {'met' if value >= goal else 'MISSED'}")
+    if args.profile:
+        _profile(lambda: proxy.evaluate(None, rungs=[n], preview=0), f"proxy {samplers[0]} + features, n {n}")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"info": info, "measurements": rows, "ratios": ratios}, handle, indent=2)
+            json.dump({"info": info, "measurements": rows, "ratios": ratios,
+                       "targets": [{"target": t, "value": v, "goal": g} for t, v, g in targets]}, handle, indent=2)
         print(f"wrote {args.json}")
+
+
+def _profile(run: Callable[[], object], label: str, rows: int = 15) -> None:
+    """The operators that take the time of one ``run()`` (self CPU time; CUDA time too on a GPU)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        run()
+    print(f"profile of {label}:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 if __name__ == "__main__":

@@ -538,12 +538,15 @@ def optimize(ctx: typer.Context, model: str = ModelOpt, nfe: Optional[int] = typ
              export: Optional[Path] = typer.Option(None, help="where to write the best schedule JSON"),
              checkpoint: Optional[Path] = CheckpointOpt, trust_pickle: bool = TrustOpt, device: str = DeviceOpt,
              workers: Optional[int] = typer.Option(None, help="Ray workers (one per GPU, else per CPU slot)"),
-             ray_address: Optional[str] = typer.Option(None, help="auto | ray://host:port (default: local)")) -> None:
+             ray_address: Optional[str] = typer.Option(None, help="auto | ray://host:port (default: local)"),
+             trials_per_batch: Optional[int] = typer.Option(
+                 None, help="trials scored together in shared forwards (a GPU a small model leaves idle)")) -> None:
     """Search Skip-Tuning schedules with Optuna: proxy rungs + pruning, SQL store, validated export."""
     from skipsearch.search.definition import default_study, load_study_file, validate
     settings = _settings(ctx)
     _positive(workers, "--workers")
     _positive(trials, "--trials")
+    _positive(trials_per_batch, "--trials-per-batch")
     if export is not None and export.is_dir():
         raise UsageError(f"--export {export} is a folder; give a .json file name")
     base = load_study_file(study) if study else default_study(model, sampler, nfe, settings=settings)
@@ -551,7 +554,8 @@ def optimize(ctx: typer.Context, model: str = ModelOpt, nfe: Optional[int] = typ
                      space=space, trials=trials, name=study_name,
                      checkpoint=str(checkpoint) if checkpoint else None, trust_pickle=trust_pickle or None,
                      search__sampler=optuna_sampler, search__pruner=pruner, search__final_n=final_n,
-                     search__validate_top_k=top_k, search__seed=seed, space_bounds__rho_min=rho_min,
+                     search__validate_top_k=top_k, search__seed=seed, search__trials_per_batch=trials_per_batch,
+                     space_bounds__rho_min=rho_min,
                      space_bounds__rho_max=rho_max, proxy__metric=metric, proxy__rungs=_rungs(rungs),
                      # a range given on the command line is the range searched
                      space_bounds__calibrate=False if rho_min is not None or rho_max is not None else None)

@@ -63,6 +63,7 @@ class Settings:
     s2dm_steps: int = 200  # S²-DM fine-tuning steps per trial (SKIPSEARCH_S2DM_STEPS)
     s2dm_segments: int = 4  # proxy evaluations per fine-tuning trial (SKIPSEARCH_S2DM_SEGMENTS)
     s2dm_batch: int = 32  # fine-tuning batch (SKIPSEARCH_S2DM_BATCH)
+    batch_calibration: bool = True  # measure the fastest sampling batch (SKIPSEARCH_BATCH_CALIBRATION=0: off)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +85,8 @@ class Settings:
             s2dm_steps=_positive_int(env, "S2DM_STEPS", defaults.s2dm_steps),
             s2dm_segments=_positive_int(env, "S2DM_SEGMENTS", defaults.s2dm_segments),
             s2dm_batch=_positive_int(env, "S2DM_BATCH", defaults.s2dm_batch),
+            batch_calibration=env.get(PREFIX + "BATCH_CALIBRATION", "1").strip().lower() not in ("0", "false", "no",
+                                                                                                 "off"),
         )
         for name in ("home", "cache", "artifacts"):
             path = getattr(settings, name)

@@ -87,6 +87,9 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
     if workers is not None:  # checked before the model loads or the study is created
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise UsageError(f"workers must be a positive integer (or None: run here), got {workers!r}")
+        if definition.search.trials_per_batch > 1:
+            raise UsageError(f"trials_per_batch = {definition.search.trials_per_batch} batches trials in this "
+                             "process; Ray workers run one trial each: use one of --workers, --trials-per-batch")
         from skipsearch.execution.ray import check_address
         check_address(ray_address)
     session = open_session(definition, storage_url=storage_url, device=device, settings=settings)
@@ -98,7 +101,8 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
         from skipsearch.execution.ray import run_on_ray
         interrupted = run_on_ray(session, workers=workers, address=ray_address, on_trial=on_trial)
     else:
-        session.run(callbacks=[on_trial] if on_trial else None)
+        session.run(callbacks=[on_trial] if on_trial else None,
+                    trials_per_batch=definition.search.trials_per_batch)
         interrupted = session.interrupted
     result = OptimizeResult(session.study.study_name, storage_url, trial_counts(session.study),
                             interrupted=interrupted)

@@ -151,10 +151,13 @@ def _check_reachable(address: str, attempts: int = 3, backoff: float = 1.0) -> N
 
 
 def _worker_options(ray: Any, workers: int, settings: Settings) -> tuple[dict[str, Any], str, int | None]:
-    """Actor resources: one GPU each when the cluster has GPUs, else one CPU slot (and one torch thread).
+    """Actor resources: a GPU (or a share of one) each when the cluster has GPUs, else one CPU slot (and one torch
+    thread).
 
-    The driver's settings go to the workers, whose nodes may not have them; the storage URL travels as an argument
-    instead, since runtime_env variables show in Ray's dashboard.
+    With more workers than GPUs each actor asks for ``1 / ceil(workers / gpus)`` of a GPU (0.5 each for 2 workers
+    on 1 GPU), so they share the GPUs and run at once instead of queueing for a whole one. The driver's settings go
+    to the workers, whose nodes may not have them; the storage URL travels as an argument instead, since
+    runtime_env variables show in Ray's dashboard.
     """
     gpus = int(ray.cluster_resources().get("GPU", 0))
     env = settings.to_env()
@@ -162,10 +165,14 @@ def _worker_options(ray: Any, workers: int, settings: Settings) -> tuple[dict[st
     if env:
         options["runtime_env"] = {"env_vars": env}
     if gpus:
-        if workers > gpus:
-            log.warning("%d workers but %d GPU(s) in the Ray cluster: %d worker(s) wait for a free GPU", workers,
-                        gpus, workers - gpus)
-        return {**options, "num_gpus": 1, "num_cpus": 1}, "cuda", None
+        # Ray places a fractional request on a single GPU: gpus / workers (e.g. 2/3) would leave a GPU with room
+        # for one actor only, while 1 / (actors per GPU) packs every worker.
+        per_gpu = math.ceil(workers / gpus)
+        share: float = 1 if per_gpu == 1 else 1 / per_gpu
+        if per_gpu > 1:
+            log.info("%d workers on %d GPU(s): up to %d share each GPU (num_gpus=%.4g each)", workers, gpus,
+                     per_gpu, share)
+        return {**options, "num_gpus": share, "num_cpus": 1}, "cuda", None
     return {**options, "num_cpus": 1}, "cpu", 1
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -14,6 +16,7 @@ from skipsearch.data import SYMMETRIC, DataRange
 from skipsearch.models.errors import ModelError
 from skipsearch.models.hooks import SigmaProbe, SkipPoint, install_observers, install_skip_hooks, scale_output
 from skipsearch.schedule import ModelIdentity, ScheduleError, SkipSchedule
+from skipsearch.schedule.batch import ScheduleBatch
 
 
 def state_dict_sha256(module: nn.Module) -> str:
@@ -28,7 +31,7 @@ def state_dict_sha256(module: nn.Module) -> str:
 class AppliedSchedule:
     """The hooks of one applied schedule; ``remove()`` (or leaving the ``with`` block) restores the model."""
 
-    def __init__(self, adapter: SkipAdapter, schedule: SkipSchedule, handles: list[RemovableHandle]):
+    def __init__(self, adapter: SkipAdapter, schedule: SkipSchedule | ScheduleBatch, handles: list[RemovableHandle]):
         self.adapter, self.schedule, self._handles = adapter, schedule, handles
 
     def add_handles(self, handles: list[RemovableHandle]) -> None:
@@ -49,6 +52,14 @@ class AppliedSchedule:
         self.remove()
 
 
+@dataclass(frozen=True)
+class BatchCalibration:
+    """Lets ``generate()`` measure this model's fastest batch (:mod:`skipsearch.sampling.batching`), caching the
+    choice under ``cache`` (None: in this process only)."""
+
+    cache: Path | None = None
+
+
 class SkipAdapter(abc.ABC):
     """A skip-tunable diffusion model. Subclasses set the fields and implement ``_denoise_raw``.
 
@@ -67,6 +78,7 @@ class SkipAdapter(abc.ABC):
     data_range: DataRange = SYMMETRIC
     dataset: str | None = None  # the data set it was trained on, for the proxy's reference ("mnist")
     spec_digest: str = ""  # what else changes outputs (parametrisation, range, skip table): part of the identity
+    batch_calibration: BatchCalibration | None = None  # set by load_model; None: the formula's batch
 
     def __init__(self) -> None:
         self.probe = SigmaProbe()
@@ -148,7 +160,7 @@ class SkipAdapter(abc.ABC):
 
     __call__ = denoise
 
-    def apply(self, schedule: SkipSchedule, *, check_identity: bool = True) -> AppliedSchedule:
+    def apply(self, schedule: SkipSchedule | ScheduleBatch, *, check_identity: bool = True) -> AppliedSchedule:
         """Install ``schedule`` (replacing any applied one). Use as ``with adapter.apply(s):`` or keep it."""
         if check_identity:
             schedule.check_model(self.identity)

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from skipsearch.schedule import SkipSchedule
+from skipsearch.schedule.batch import ScheduleBatch
 
 
 @dataclass(frozen=True)
@@ -58,16 +59,20 @@ def scale_skip(point: SkipPoint, x: torch.Tensor, rho: torch.Tensor) -> torch.Te
     return torch.cat([skip, main] if point.skip_first else [main, skip], dim=1)
 
 
-def rho_lookup(schedule: SkipSchedule, probe: SigmaProbe) -> Callable[[int], torch.Tensor]:
-    """``rho(point_index)`` for the denoiser call in progress: a constant per point, or by the call's sigma."""
-    if schedule.num_intervals == 1:
+def rho_lookup(schedule: SkipSchedule | ScheduleBatch, probe: SigmaProbe) -> Callable[[int], torch.Tensor]:
+    """``rho(point_index)`` for the denoiser call in progress: a constant per point, or by the call's sigma (per row
+    for a :class:`ScheduleBatch`)."""
+    if isinstance(schedule, SkipSchedule) and schedule.num_intervals == 1:
         constants = {i: torch.tensor([float(schedule.rho[0, i])]) for i in range(schedule.num_skip_points)}
         return constants.__getitem__
     return lambda index: schedule.rho_for_sigma(probe.current())[:, index]
 
 
-def scale_output(x: torch.Tensor, denoised: torch.Tensor, eps_scale: float) -> torch.Tensor:
-    """Epsilon scaling (Ning et al. 2023): eps/eps_scale, i.e. D pulled toward x: x - (x - D)/eps_scale."""
+def scale_output(x: torch.Tensor, denoised: torch.Tensor, eps_scale: float | torch.Tensor) -> torch.Tensor:
+    """Epsilon scaling (Ning et al. 2023): eps/eps_scale, i.e. D pulled toward x: x - (x - D)/eps_scale (a float,
+    or [B, 1, 1, 1] per row)."""
+    if isinstance(eps_scale, torch.Tensor):
+        return x - (x - denoised) / eps_scale.to(device=x.device, dtype=x.dtype)
     return denoised if eps_scale == 1.0 else x - (x - denoised) / eps_scale
 
 
@@ -104,7 +109,8 @@ class SigmaProbe:
         return self.sigma
 
 
-def install_skip_hooks(modules: Sequence[nn.Module], points: Sequence[SkipPoint], schedule: SkipSchedule,
+def install_skip_hooks(modules: Sequence[nn.Module], points: Sequence[SkipPoint],
+                       schedule: SkipSchedule | ScheduleBatch,
                        probe: SigmaProbe) -> list[RemovableHandle]:
     """One pre-hook per consumer. Points whose rho is 1 in every interval get no hook at all."""
     handles = []

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from skipsearch.data import DataRange
-from skipsearch.models.adapter import SkipAdapter
+from skipsearch.models.adapter import BatchCalibration, SkipAdapter
 from skipsearch.models.edm import EDMAdapter
 from skipsearch.models.errors import ModelError
 from skipsearch.models.parametrization import (
@@ -433,4 +433,6 @@ def load_model(spec: str = "edm", *, checkpoint: str | os.PathLike | None = None
         adapter = _load_factory(spec, request)
     from skipsearch.device import prepare_module
     prepare_module(adapter.net, torch.device(device))
+    if settings.batch_calibration:
+        adapter.batch_calibration = BatchCalibration(settings.cache)
     return adapter

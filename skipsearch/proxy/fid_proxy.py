@@ -30,7 +30,7 @@ from skipsearch.proxy.stats import (
     compute_reference_stats,
     load_npz,
 )
-from skipsearch.sampling.generate import generate
+from skipsearch.sampling.generate import generate_many
 from skipsearch.schedule import SkipSchedule
 from skipsearch.settings import Settings
 
@@ -118,42 +118,102 @@ class FidProxy:
                                                      else 1_000_003 * self._evaluations)
         return range(seed_offset, seed_offset + n)
 
+    def first_seeds(self, count: int = 1) -> list[int]:
+        """The first seed of each of the next ``count`` evaluations (all alike with common random numbers)."""
+        if self.config.common_random_numbers:
+            return [self.config.seed_offset] * count
+        return [self.config.seed_offset + 1_000_003 * (self._evaluations + j) for j in range(count)]
+
     def evaluate(self, schedule: SkipSchedule | None, *, rungs: Sequence[int] | None = None,
                  seed_offset: int | None = None, on_rung: Callable[[int, RungResult], None] | None = None,
                  preview: int = 16, progress: Callable[[int], None] | None = None) -> ProxyResult:
         """Proxy value after each rung; ``on_rung(index, result)`` may raise (e.g. optuna.TrialPruned) to stop."""
+        hook = None if on_rung is None else (lambda _j, index, rung: on_rung(index, rung))
+        result = self.evaluate_many([schedule], rungs=rungs, seed_offset=seed_offset, on_rung=hook, preview=preview,
+                                    progress=progress)[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def evaluate_many(self, schedules: Sequence[SkipSchedule | None], *, rungs: Sequence[int] | None = None,
+                      seed_offset: int | None = None, on_rung: Callable[[int, int, RungResult], None] | None = None,
+                      preview: int = 16, progress: Callable[[int], None] | None = None,
+                      ) -> list[ProxyResult | Exception]:
+        """Several schedules scored together: each rung samples all the live ones in shared forwards.
+
+        Entry j is schedule j's result, exactly what :meth:`evaluate` gives for it, or the exception that ended it:
+        ``on_rung(j, index, result)`` may raise (optuna.TrialPruned) to stop schedule j alone, and a schedule whose
+        images are non-finite or degenerate stops alone too. Without common random numbers every evaluation has its
+        own seeds, so the schedules are scored one after another.
+        """
+        if not self.config.common_random_numbers or len(schedules) == 1:
+            return [self._evaluate_group([s], rungs, seed_offset, j, on_rung, preview, progress)[0]
+                    for j, s in enumerate(schedules)]
+        results: list[ProxyResult | Exception | None] = [None] * len(schedules)
+        by_churn: dict[object, list[int]] = {}  # one sampler pass needs one churn
+        for j, schedule in enumerate(schedules):
+            by_churn.setdefault(schedule.churn if schedule is not None else None, []).append(j)
+        for members in by_churn.values():
+            group = self._evaluate_group([schedules[j] for j in members], rungs, seed_offset, members, on_rung,
+                                         preview, progress)
+            for j, result in zip(members, group):
+                results[j] = result
+        return results  # type: ignore[return-value]
+
+    def _evaluate_group(self, schedules: Sequence[SkipSchedule | None], rungs: Sequence[int] | None,
+                        seed_offset: int | None, numbers: Sequence[int] | int,
+                        on_rung: Callable[[int, int, RungResult], None] | None, preview: int,
+                        progress: Callable[[int], None] | None) -> list[ProxyResult | Exception]:
         rungs = list(rungs or self.config.rungs)
+        numbers = [numbers] if isinstance(numbers, int) else list(numbers)  # the caller's index of each schedule
         seeds = self.seeds_for(rungs[-1], seed_offset)
         self._evaluations += 1
-        accumulator = StatsAccumulator()
-        all_features: list[np.ndarray] = []
-        results: list[RungResult] = []
-        calls, sampling_s, feature_s, done = 0, 0.0, 0.0, 0
-        preview_images = None
+        count = len(schedules)
+        accumulators = [StatsAccumulator() for _ in schedules]
+        all_features: list[list[np.ndarray]] = [[] for _ in schedules]
+        results: list[list[RungResult]] = [[] for _ in schedules]
+        calls, sampling_s, feature_s = [0] * count, [0.0] * count, [0.0] * count
+        previews: list[torch.Tensor | None] = [None] * count
+        ended: dict[int, Exception] = {}
+        done = 0
         start = time.perf_counter()
         for index, n in enumerate(rungs):
-            generated = generate(self.adapter, sampler=self.sampler, nfe=self.nfe, seeds=seeds[done:n],
-                                 schedule=schedule, batch_size=self.config.batch_size, progress=progress,
-                                 **self.sampler_options)
-            calls += generated.denoiser_calls
-            sampling_s += generated.seconds
-            if preview_images is None and preview:
-                preview_images = generated.images[:preview]
-            t0 = time.perf_counter()
-            features = self.extractor(generated.images)
-            if not torch.isfinite(features).all():
-                raise NonFiniteError(f"non-finite features at rung {index} (n={n})")
-            accumulator.update(features)
-            if self.config.metric != "fid":  # KID and FID-infinity need the features, not only their moments
-                all_features.append(features.double().cpu().numpy())
-            feature_s += time.perf_counter() - t0
+            live = [k for k in range(count) if k not in ended]
+            if not live:
+                break
+            generated = generate_many(self.adapter, [schedules[k] for k in live], sampler=self.sampler, nfe=self.nfe,
+                                      seeds=seeds[done:n], batch_size=self.config.batch_size, progress=progress,
+                                      **self.sampler_options)
+            for k, images in zip(live, generated):
+                if isinstance(images, Exception):
+                    ended[k] = images
+                    continue
+                calls[k] += images.denoiser_calls
+                sampling_s[k] += images.seconds
+                if previews[k] is None and preview:
+                    previews[k] = images.images[:preview]
+                t0 = time.perf_counter()
+                features = self.extractor(images.images)
+                if not torch.isfinite(features).all():
+                    ended[k] = NonFiniteError(f"non-finite features at rung {index} (n={n})")
+                    continue
+                accumulators[k].update(features)
+                if self.config.metric != "fid":  # KID and FID-infinity need the features, not only their moments
+                    all_features[k].append(features.double().cpu().numpy())
+                feature_s[k] += time.perf_counter() - t0
+                value, deficient = self._value(accumulators[k], all_features[k])
+                results[k].append(RungResult(n, value, time.perf_counter() - start, deficient))
             done = n
-            value, deficient = self._value(accumulator, all_features)
-            results.append(RungResult(n, value, time.perf_counter() - start, deficient))
-            if on_rung is not None:
-                on_rung(index, results[-1])
-        return ProxyResult(self.config.metric, results, (seeds.start, seeds.stop), calls, sampling_s, feature_s,
-                           self.extractor.name, self.extractor.weights_sha256, preview_images)
+            for k in live:
+                if k not in ended and on_rung is not None:
+                    try:
+                        on_rung(numbers[k], index, results[k][-1])
+                    except Exception as exc:  # e.g. optuna.TrialPruned: this schedule stops, the others go on
+                        ended[k] = exc
+        return [ended[k] if k in ended else
+                ProxyResult(self.config.metric, results[k], (seeds.start, seeds.stop), calls[k], sampling_s[k],
+                            feature_s[k], self.extractor.name, self.extractor.weights_sha256, previews[k])
+                for k in range(count)]
 
     def _value(self, accumulator: StatsAccumulator, all_features: list[np.ndarray]) -> tuple[float, bool]:
         if self.config.metric == "fid":

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from skipsearch.device import autocast, default_batch_size
+from skipsearch.device import autocast
 from skipsearch.errors import SkipsearchError
 from skipsearch.models.adapter import SkipAdapter
+from skipsearch.sampling.batching import batch_size_for
 from skipsearch.sampling.noise import SeededNoise
 from skipsearch.sampling.samplers import get_sampler, sample
 from skipsearch.schedule import Churn, SkipSchedule
+from skipsearch.schedule.batch import ScheduleBatch
 
 
 class NonFiniteOutputError(SkipsearchError, RuntimeError):
@@ -61,7 +63,7 @@ class GenerateResult:
     images: torch.Tensor  # uint8 [N,C,H,W]
     seeds: list[int]
     nfe: int  # denoiser calls per image
-    denoiser_calls: int  # batched calls made in total
+    denoiser_calls: int  # batched calls its images were in (generate_many: shared with the other schedules)
     seconds: float
 
 
@@ -73,45 +75,97 @@ def generate(adapter: SkipAdapter, *, sampler: str, nfe: int, seeds: Sequence[in
 
     ``churn`` defaults to the schedule's; deterministic samplers ignore a zero churn.
     """
+    result = generate_many(adapter, [schedule], sampler=sampler, nfe=nfe, seeds=seeds, churn=churn,
+                           batch_size=batch_size, precision=precision, progress=progress, **sampler_options)[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def generate_many(adapter: SkipAdapter, schedules: Sequence[SkipSchedule | None], *, sampler: str, nfe: int,
+                  seeds: Sequence[int], churn: Churn | None = None, batch_size: int | None = None,
+                  precision: str = "fp32", progress: Callable[[int], None] | None = None,
+                  **sampler_options) -> list[GenerateResult | SkipsearchError]:
+    """The same seeds under each schedule, in shared forwards (``batch_size`` images per pass in all).
+
+    Entry j is schedule j's images, exactly what ``generate(schedule=schedules[j])`` gives (every image is drawn
+    from its own seed), or the error that stopped schedule j (non-finite or degenerate images); the others go on.
+    The schedules must share their churn (one sampler pass); ``churn`` defaults to theirs.
+    """
     device = adapter.device
-    churn = churn if churn is not None else (schedule.churn if schedule is not None else Churn())
+    if churn is None:
+        churns = {(s.churn if s is not None else Churn()) for s in schedules}
+        if len(churns) != 1:
+            raise ValueError("schedules sampled together must share their churn; group them by churn")
+        churn = churns.pop()
     if not get_sampler(sampler).stochastic and churn.s_churn == 0:
         churn = Churn()
-    batch_size = batch_size or default_batch_size(device, adapter.img_shape)
+    batch_size = batch_size or batch_size_for(adapter, precision)  # measured once per model and device
     discrete = adapter.timestep_sigmas is not None
     options = {"spacing": adapter.default_spacing, "timestep_sigmas": adapter.timestep_sigmas,
                "vp_start": discrete, **sampler_options}
     seeds = [int(s) for s in seeds]
-    chunks: list[torch.Tensor] = []
-    calls = 0
-    start = time.perf_counter()
-    applied = adapter.apply(schedule) if schedule is not None else None
-    try:
-        with torch.inference_mode(), autocast(device, precision):
-            for first in range(0, len(seeds), batch_size):
-                batch_seeds = seeds[first:first + batch_size]
-                noise = SeededNoise(batch_seeds, device)
-                latents = noise.randn(adapter.img_shape)
-                labels = (F.one_hot(noise.randint(adapter.label_dim), adapter.label_dim).float()
-                          if adapter.label_dim else None)
+    identity = SkipSchedule.identity(len(adapter.skip_points))  # None beside others: the model as trained
+    chunks: list[list[torch.Tensor]] = [[] for _ in schedules]
+    calls, seconds = [0] * len(schedules), [0.0] * len(schedules)
+    failed: dict[int, SkipsearchError] = {}
+    done = 0
+    with torch.inference_mode(), autocast(device, precision):
+        while done < len(seeds):
+            active = [j for j in range(len(schedules)) if j not in failed]
+            if not active:
+                break
+            per_pass = max(1, batch_size // len(active))  # seeds per schedule that fit in one pass
+            # Equal passes (200 seeds at batch 128: 2 x 100, not 128 + 72): a small tail batch runs slower per image.
+            passes = -(-(len(seeds) - done) // per_pass)
+            batch_seeds = seeds[done:done + -(-(len(seeds) - done) // passes)]
+            m = len(batch_seeds)
+            start = time.perf_counter()
+            noise = SeededNoise(batch_seeds * len(active), device)  # schedule-major rows, the same noise for each
+            latents = noise.randn(adapter.img_shape)
+            labels = (F.one_hot(noise.randint(adapter.label_dim), adapter.label_dim).float()
+                      if adapter.label_dim else None)
+            on = [schedules[j] for j in active]
+            if len(on) == 1:  # one schedule: exactly the single-trial path
+                applied = adapter.apply(on[0]) if on[0] is not None else None
+            else:
+                applied = adapter.apply(ScheduleBatch([identity if s is None else s for s in on], m))
+            try:
                 result = sample(lambda x, sigma: adapter.denoise(x, sigma, labels), latents, sampler=sampler,
                                 nfe=nfe, sigma_min=adapter.sigma_min, sigma_max=adapter.sigma_max,
                                 round_sigma=adapter.round_sigma,  # identity unless the model has a sigma grid
                                 noise=noise, churn=churn, **options)
-                if not torch.isfinite(result.x).all():
-                    bad = [s for s, ok in zip(batch_seeds, torch.isfinite(result.x).flatten(1).all(1)) if not ok]
-                    raise NonFiniteOutputError(f"non-finite images for seeds {bad[:5]} (sampler {sampler}, "
-                                               f"NFE {nfe}); the schedule is outside the model's stable range")
-                images = adapter.data_range.to_uint8(result.x.float()).cpu()
-                reason = degenerate_reason(result.x, images, adapter.data_range)
-                if reason is not None:
-                    raise DegenerateOutputError(f"{reason} (sampler {sampler}, NFE {nfe}, seeds {batch_seeds[0]}.."
-                                                f"{batch_seeds[-1]}); the schedule breaks the model")
-                chunks.append(images)
-                calls += result.nfe
-                if progress is not None:
-                    progress(len(batch_seeds))
-    finally:
-        if applied is not None:
-            applied.remove()
-    return GenerateResult(torch.cat(chunks), seeds, nfe, calls, time.perf_counter() - start)
+            finally:
+                if applied is not None:
+                    applied.remove()
+            elapsed = (time.perf_counter() - start) / len(active)
+            for k, j in enumerate(active):
+                x = result.x[k * m:(k + 1) * m]
+                checked = _check_images(x, batch_seeds, sampler, nfe, adapter)
+                if isinstance(checked, SkipsearchError):
+                    failed[j] = checked
+                    continue
+                chunks[j].append(checked)
+                calls[j] += result.nfe
+                seconds[j] += elapsed
+            done += m
+            if progress is not None:
+                progress(m * len(active))
+    return [failed[j] if j in failed else GenerateResult(torch.cat(chunks[j]), seeds, nfe, calls[j], seconds[j])
+            for j in range(len(schedules))]
+
+
+def _check_images(x: torch.Tensor, seeds: list[int], sampler: str, nfe: int,
+                  adapter: SkipAdapter) -> torch.Tensor | SkipsearchError:
+    """The uint8 images of one schedule's rows, or why they cannot be scored."""
+    finite = torch.isfinite(x).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = [s for s, ok in zip(seeds, finite) if not ok]
+        return NonFiniteOutputError(f"non-finite images for seeds {bad[:5]} (sampler {sampler}, NFE {nfe}); the "
+                                    "schedule is outside the model's stable range")
+    images = adapter.data_range.to_uint8(x.float()).cpu()
+    reason = degenerate_reason(x, images, adapter.data_range)
+    if reason is not None:
+        return DegenerateOutputError(f"{reason} (sampler {sampler}, NFE {nfe}, seeds {seeds[0]}..{seeds[-1]}); the "
+                                     "schedule breaks the model")
+    return images

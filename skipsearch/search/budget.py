@@ -101,7 +101,8 @@ class TrialGate:
         self.duplicates = 0  # consecutive repeats skipped by this process
         self.interrupted: list[int] = []  # trials a Ctrl-C aborted, to queue again
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def claim(self, trial: optuna.Trial) -> None:
+        """Take a budget slot for ``trial`` and fix its parameters; :class:`TrialSkipped` when it must not run."""
         study = trial.study
         # A queued retry carries the failed trial's attributes: this run is a fresh one.
         for stale in ("fail_reason", "uncounted"):
@@ -119,12 +120,18 @@ class TrialGate:
                 _skip(trial, f"the same parameters as trial {repeat}")
             TrialRecord.put(trial, claimed_by=self.tag)
         self.duplicates = 0
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.claim(trial)
         try:
             return self.objective(trial)
         except KeyboardInterrupt:  # a second Ctrl-C: the trial is queued again once Optuna has failed it
-            TrialRecord.put(trial, fail_reason="interrupted (Ctrl-C)", uncounted="interrupted (Ctrl-C)")
-            self.interrupted.append(trial.number)
+            self.mark_interrupted(trial)
             raise
+
+    def mark_interrupted(self, trial: optuna.Trial) -> None:
+        TrialRecord.put(trial, fail_reason="interrupted (Ctrl-C)", uncounted="interrupted (Ctrl-C)")
+        self.interrupted.append(trial.number)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.objective, name)

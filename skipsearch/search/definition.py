@@ -74,6 +74,7 @@ class SearchConfig:
     final_n: int = 2000
     validation_seed_offset: int = 1_000_000
     warm_start: bool = True
+    trials_per_batch: int = 1  # trials scored together in shared forwards (this process; results unchanged)
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,7 @@ def validate(definition: StudyDefinition) -> None:
               ("search", "seed", 0 <= search.seed < 2**32, "in [0, 2**32 - 1]"),
               ("search", "reduction_factor", search.reduction_factor >= 2, ">= 2"),
               ("search", "validation_seed_offset", search.validation_seed_offset >= 0, ">= 0"),
+              ("search", "trials_per_batch", 1 <= search.trials_per_batch <= 64, "in [1, 64]"),
               ("proxy", "seed_offset", proxy.seed_offset >= 0, ">= 0"),
               ("proxy", "batch_size", proxy.batch_size is None or proxy.batch_size >= 1, ">= 1"),
               ("proxy", "kid_subset_size", proxy.kid_subset_size >= 2, ">= 2")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,37 +57,57 @@ class Objective:
                                       provenance={"space": self.space_name, "params": dict(trial.params)})
 
     def __call__(self, trial: optuna.Trial) -> float:
-        start = time.perf_counter()
-        schedule = self.schedule_for(trial)
-        TrialRecord.put(trial, schedule=schedule.to_dict(), nfe=self.proxy.nfe, sampler=self.proxy.sampler)
-        first_seed = self.proxy.seeds_for(1).start  # the seeds evaluate() is about to use
+        outcome = self.evaluate_trials([trial])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
-        def on_rung(_index: int, rung: RungResult) -> None:
+    def evaluate_trials(self, trials: Sequence[optuna.Trial]) -> list[float | Exception]:
+        """Score trials together: their schedules share every forward (:meth:`FidProxy.evaluate_many`), each
+        reports its own rungs and is pruned alone. Entry j is trial j's value, or what ended it
+        (``optuna.TrialPruned``, one of :data:`TRIAL_FAILURES`)."""
+        start = time.perf_counter()
+        schedules = []
+        for trial in trials:
+            schedule = self.schedule_for(trial)
+            TrialRecord.put(trial, schedule=schedule.to_dict(), nfe=self.proxy.nfe, sampler=self.proxy.sampler)
+            schedules.append(schedule)
+        first_seeds = self.proxy.first_seeds(len(trials))  # the seeds evaluate_many() is about to use
+
+        def on_rung(j: int, _index: int, rung: RungResult) -> None:
+            trial, schedule = trials[j], schedules[j]
             trial.report(rung.value, step=rung.n)
             TrialRecord.put(trial, rungs={rung.n: rung.value})
             if trial.should_prune():
                 TrialRecord.put(trial, wall_seconds=round(time.perf_counter() - start, 3))
                 if self.artifact_store is not None:  # a reviewer sees what was pruned, too (16 more images)
                     count = min(PREVIEW_IMAGES, rung.n)
-                    images = (self.untuned_preview(first_seed, count) if _untuned(schedule)
-                              else self._preview(schedule, first_seed, count))
-                    self._upload_grid(trial, images, first_seed=first_seed)
+                    images = (self.untuned_preview(first_seeds[j], count) if _untuned(schedule)
+                              else self._preview(schedule, first_seeds[j], count))
+                    self._upload_grid(trial, images, first_seed=first_seeds[j])
                 raise optuna.TrialPruned(f"pruned at n={rung.n} ({self.proxy.config.metric} {rung.value:.3f})")
 
         try:
-            result = self.proxy.evaluate(schedule, on_rung=on_rung, preview=PREVIEW_IMAGES)
-        except TRIAL_FAILURES as exc:
-            TrialRecord.put(trial, fail_reason=f"{type(exc).__name__}: {exc}")
-            raise
-        TrialRecord.put(trial, seeds=f"{result.seeds[0]}-{result.seeds[1] - 1}", denoiser_calls=result.denoiser_calls,
-                        sampling_seconds=round(result.sampling_seconds, 3),
-                        feature_seconds=round(result.feature_seconds, 3), extractor=result.extractor,
-                        wall_seconds=round(time.perf_counter() - start, 3))
-        if result.preview is not None and _untuned(schedule):
-            self._untuned_previews.setdefault((result.seeds[0], len(result.preview)), result.preview.cpu())
-        if self.artifact_store is not None and result.preview is not None:
-            self._upload_grid(trial, result.preview, first_seed=result.seeds[0])
-        return result.value
+            results: list = self.proxy.evaluate_many(schedules, on_rung=on_rung, preview=PREVIEW_IMAGES)
+        except TRIAL_FAILURES as exc:  # out of memory: every trial of the batch ran in it
+            results = [exc] * len(trials)
+        outcomes: list[float | Exception] = []
+        for trial, schedule, result in zip(trials, schedules, results):
+            if isinstance(result, Exception):
+                if isinstance(result, TRIAL_FAILURES):
+                    TrialRecord.put(trial, fail_reason=f"{type(result).__name__}: {result}")
+                outcomes.append(result)
+                continue
+            TrialRecord.put(trial, seeds=f"{result.seeds[0]}-{result.seeds[1] - 1}",
+                            denoiser_calls=result.denoiser_calls, sampling_seconds=round(result.sampling_seconds, 3),
+                            feature_seconds=round(result.feature_seconds, 3), extractor=result.extractor,
+                            wall_seconds=round(time.perf_counter() - start, 3))
+            if result.preview is not None and _untuned(schedule):
+                self._untuned_previews.setdefault((result.seeds[0], len(result.preview)), result.preview.cpu())
+            if self.artifact_store is not None and result.preview is not None:
+                self._upload_grid(trial, result.preview, first_seed=result.seeds[0])
+            outcomes.append(result.value)
+        return outcomes
 
     def _preview(self, schedule: SkipSchedule | None, first_seed: int, count: int) -> torch.Tensor:
         """The first ``count`` images of an evaluation from ``first_seed`` (the same noise the proxy used)."""

@@ -29,6 +29,7 @@ from skipsearch.proxy.config import ProxyConfig, default_proxy_config
 from skipsearch.proxy.fid_proxy import FidProxy
 from skipsearch.sampling.samplers import check_sampler_options, get_sampler, steps_for_nfe
 from skipsearch.search import validation
+from skipsearch.search.batched import run_trial_batch
 from skipsearch.search.budget import (
     FINISHED,
     RequeueStaleTrial,
@@ -143,15 +144,18 @@ class StudySession:
 
     def run(self, n_trials: int | None = None,
             callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None, *,
-            wait_for_others: bool = True) -> int:
+            wait_for_others: bool = True, trials_per_batch: int = 1) -> int:
         """Run trials until the study-wide budget is used (or ``n_trials`` ran here); the number run here.
 
         Each trial first claims a budget slot (:class:`skipsearch.search.budget.TrialGate`); orphans of dead
         processes are failed and queued again first. With ``wait_for_others``, a process whose slots are all
-        claimed by running trials elsewhere waits for them: they may die and be queued again.
+        claimed by running trials elsewhere waits for them: they may die and be queued again. With
+        ``trials_per_batch`` K > 1, K trials are asked at once and scored in shared forwards
+        (:func:`skipsearch.search.batched.run_trial_batch`); fine-tuning spaces run one at a time.
         """
         gate = TrialGate(self.objective, self.definition.trials, self.lock, self.tag)
         catch = (*TRIAL_FAILURES, TrialSkipped)
+        batched = trials_per_batch > 1 and not self.space.finetune
         ran = 0
         with _one_line_trial_failures(catch):
             while not self.interrupted and (n_trials is None or ran < n_trials):
@@ -162,6 +166,10 @@ class StudySession:
                     time.sleep(WAIT_POLL_SECONDS)
                     continue
                 try:
+                    if batched:
+                        limit = trials_per_batch if n_trials is None else min(trials_per_batch, n_trials - ran)
+                        ran += run_trial_batch(self.study, gate, limit, callbacks)
+                        continue
                     self.study.optimize(gate, n_trials=1, catch=catch, callbacks=callbacks)
                 except KeyboardInterrupt:
                     requeue_interrupted(self.study, gate.interrupted)
