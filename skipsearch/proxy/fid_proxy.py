@@ -111,18 +111,18 @@ class FidProxy:
         return compute_reference_stats(self.config.dataset, self.config.split, self.extractor,
                                        cache=self.settings.cache).stats
 
+    def _first_seed(self, evaluation: int) -> int:
+        # Without CRN every evaluation gets fresh noise: a new block of seeds per call.
+        return self.config.seed_offset + (0 if self.config.common_random_numbers else 1_000_003 * evaluation)
+
     def seeds_for(self, n: int, seed_offset: int | None = None) -> range:
         if seed_offset is None:
-            # Without CRN every evaluation gets fresh noise: a new block of seeds per call.
-            seed_offset = self.config.seed_offset + (0 if self.config.common_random_numbers
-                                                     else 1_000_003 * self._evaluations)
+            seed_offset = self._first_seed(self._evaluations)
         return range(seed_offset, seed_offset + n)
 
     def first_seeds(self, count: int = 1) -> list[int]:
         """The first seed of each of the next ``count`` evaluations (all alike with common random numbers)."""
-        if self.config.common_random_numbers:
-            return [self.config.seed_offset] * count
-        return [self.config.seed_offset + 1_000_003 * (self._evaluations + j) for j in range(count)]
+        return [self._first_seed(self._evaluations + j) for j in range(count)]
 
     def evaluate(self, schedule: SkipSchedule | None, *, rungs: Sequence[int] | None = None,
                  seed_offset: int | None = None, on_rung: Callable[[int, RungResult], None] | None = None,
@@ -147,7 +147,7 @@ class FidProxy:
         own seeds, so the schedules are scored one after another.
         """
         if not self.config.common_random_numbers or len(schedules) == 1:
-            return [self._evaluate_group([s], rungs, seed_offset, j, on_rung, preview, progress)[0]
+            return [self._evaluate_group([s], rungs, seed_offset, [j], on_rung, preview, progress)[0]
                     for j, s in enumerate(schedules)]
         results: list[ProxyResult | Exception | None] = [None] * len(schedules)
         by_churn: dict[object, list[int]] = {}  # one sampler pass needs one churn
@@ -161,11 +161,12 @@ class FidProxy:
         return results  # type: ignore[return-value]
 
     def _evaluate_group(self, schedules: Sequence[SkipSchedule | None], rungs: Sequence[int] | None,
-                        seed_offset: int | None, numbers: Sequence[int] | int,
+                        seed_offset: int | None, numbers: Sequence[int],
                         on_rung: Callable[[int, int, RungResult], None] | None, preview: int,
                         progress: Callable[[int], None] | None) -> list[ProxyResult | Exception]:
+        """Schedules of one churn on one seed block; ``numbers`` are their indices in the caller's list (for
+        ``on_rung``)."""
         rungs = list(rungs or self.config.rungs)
-        numbers = [numbers] if isinstance(numbers, int) else list(numbers)  # the caller's index of each schedule
         seeds = self.seeds_for(rungs[-1], seed_offset)
         self._evaluations += 1
         count = len(schedules)

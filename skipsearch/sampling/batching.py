@@ -1,12 +1,12 @@
 """The sampling batch, chosen by measurement: a few timed forwards over candidate batches, cached per model.
 
 A small UNet on a CPU is cache-bound, so its fastest batch is not the biggest that fits (the bundled model runs
-~1.6x faster at 64 than at 255); on a GPU the fastest batch is the largest one before the throughput flattens.
+~1.3x faster at 128 than at 255); on a GPU the fastest batch is the largest one before the throughput flattens.
 Neither follows from a formula, so the first ``generate()`` of a model without ``batch_size`` times one forward
-per candidate in interleaved rounds and keeps the fastest. The choice is cached in memory and in
-``<cache>/batch-sizes.json`` under a key naming the weights, the input shape, the device, the precision, the
-thread count and the torch version, so the next process does not measure again (a choice measured while the
-machine was busy is kept for this process only). ``--batch-size`` overrides it.
+per candidate in interleaved rounds and keeps the largest batch within 3 % of the fastest. The choice is cached in
+memory and in ``<cache>/batch-sizes.json`` under a key naming the weights, the input shape, the device, the
+precision, the thread count and the torch version, so the next process does not measure again (a choice measured
+while the machine was busy is kept for this process only). ``--batch-size`` overrides it.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class BatchChoice:
     batch_size: int
     rates: dict[int, float]  # candidate -> image forwards per second at its best time
     key: str
-    measured: bool  # False: read from the cache file
+    measured: bool  # decided in this process (timed; or the smallest when none could be timed), not read from a file
 
 
 def candidates(device: torch.device, img_shape: tuple[int, int, int]) -> list[int]:
