@@ -11,6 +11,7 @@ while the machine was busy is kept for this process only). ``--batch-size`` over
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -59,6 +60,7 @@ def candidates(device: torch.device, img_shape: tuple[int, int, int]) -> list[in
     return sizes
 
 
+@functools.cache  # generate() asks for the key on every call: read /proc/cpuinfo once per device
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
