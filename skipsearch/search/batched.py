@@ -83,7 +83,9 @@ def run_trial_batch(study: optuna.Study, gate: TrialGate, k: int,
 
 def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None,
           callbacks: Sequence[Callback] | None) -> None:
-    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    # skip_if_finished: another process may have failed it as stale (a starved process beats late) and queued it
+    # again; its result then has nowhere to go and the study goes on.
+    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
     if callbacks:
         frozen = study._storage.get_trial(trial._trial_id)
         for callback in callbacks:

@@ -56,6 +56,8 @@ from skipsearch.store.locks import study_lock
 __all__ = ["FINISHED", "StudySession", "artifact_dir", "count_finished", "open_session", "optuna_storage",
            "study_name_for"]
 
+log = logging.getLogger(__name__)
+
 WAIT_POLL_SECONDS = 1.0  # how often a process whose budget is all claimed looks whether a claim came free
 
 
@@ -171,6 +173,13 @@ class StudySession:
                         ran += run_trial_batch(self.study, gate, limit, callbacks)
                         continue
                     self.study.optimize(gate, n_trials=1, catch=catch, callbacks=callbacks)
+                except ValueError as exc:
+                    if not str(exc).startswith("Cannot tell a"):
+                        raise
+                    # Another process found this trial's heartbeat stale (a starved process beats late), failed it
+                    # and queued it again while it ran here: its result has nowhere to go, the study goes on.
+                    log.warning("a trial of this process was failed meanwhile by another (its heartbeat looked "
+                                "stale) and queued again there; its result here is dropped")
                 except KeyboardInterrupt:
                     requeue_interrupted(self.study, gate.interrupted)
                     raise
