@@ -617,7 +617,17 @@ def _optimize_with_progress(definition, *, storage_url: str, device: str, export
             pass
         console.print("[yellow]stopping after the current trial (Ctrl-C again to abort now)[/yellow]")
 
+    def on_unraisable(info) -> None:
+        # A Ctrl-C that lands in a finalizer (e.g. SQLAlchemy's weakref callbacks) would be printed as "Exception
+        # ignored ... Traceback" and lost: deliver it again to the main code instead.
+        if issubclass(info.exc_type, KeyboardInterrupt):
+            import _thread
+            _thread.interrupt_main()
+            return
+        default_unraisable(info)
+
     previous = signal.signal(signal.SIGINT, on_sigint)
+    default_unraisable, sys.unraisablehook = sys.unraisablehook, on_unraisable
     try:
         result = run_definition(definition, storage_url=storage_url, device=str(dev), export=export,
                                 workers=workers, ray_address=ray_address, on_trial=on_trial, on_session=on_session,
@@ -625,6 +635,7 @@ def _optimize_with_progress(definition, *, storage_url: str, device: str, export
                                 settings=settings)
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = default_unraisable
         progress.stop()
     _print_result(definition, result, storage_url)
 
