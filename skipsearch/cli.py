@@ -244,7 +244,7 @@ def resolve_schedule(adapter, schedule: Optional[Path], rho: Optional[str], *, s
     if schedule is not None:
         tuned = SkipSchedule.load(schedule, expect_model=adapter.identity)
         other = (tuned.sampler is not None and sampler is not None and tuned.sampler != sampler) or (
-            tuned.nfe is not None and nfe is not None and tuned.nfe != nfe)
+            tuned.nfe is not None and nfe is not None and tuned.nfe != nfe and nfe not in tuned.nfe_set)
         if other:  # allowed (a schedule may transfer), but rarely what was meant
             tuned_for = " ".join(p for p in (tuned.sampler, f"NFE {tuned.nfe}" if tuned.nfe else None) if p)
             console.print(f"[yellow]warning:[/yellow] {escape(schedule.name)} was tuned for {escape(tuned_for)}; "
@@ -328,10 +328,28 @@ def _device_type(device: str) -> str:
     return resolve_device(device).type
 
 
+def _recipe(schedule: Optional[Path], sampler: Optional[str], nfe: Optional[int], *, default_nfe: int,
+            ) -> tuple[str, int, dict]:
+    """(sampler, NFE, sampler options) to sample with: the flags, else what the schedule names (schema v2 keeps
+    its searched sampler and options), else heun at ``default_nfe``. Options travel only with their sampler."""
+    named = None
+    if schedule is not None and schedule.is_file():
+        from skipsearch.schedule import SkipSchedule
+        named = SkipSchedule.load(schedule)  # the model is checked once it is loaded
+    chosen = sampler if sampler is not None else (named.sampler if named is not None and named.sampler else "heun")
+    steps = nfe if nfe is not None else (named.nfe if named is not None and named.nfe else default_nfe)
+    options = dict(named.sampler_options) if named is not None and named.sampler == chosen else {}
+    if named is not None and named.sampler_options and named.sampler != chosen:
+        console.print(f"[yellow]warning:[/yellow] {escape(schedule.name)} was searched with {named.sampler} "
+                      f"options {named.sampler_options}; sampling {chosen} without them", soft_wrap=True)
+    return chosen, steps, options
+
+
 @app.command()
 def sample(ctx: typer.Context, model: str = ModelOpt,
-           nfe: int = typer.Option(35, "--nfe", help="denoiser calls per image (exact)"),
-           sampler: str = typer.Option("heun", help="sampler"),
+           nfe: Optional[int] = typer.Option(None, "--nfe", help="denoiser calls per image (exact; default: the "
+                                             "schedule's, else 35)"),
+           sampler: Optional[str] = typer.Option(None, help="sampler (default: the schedule's, else heun)"),
            schedule: Optional[Path] = typer.Option(None, help="schedule JSON (from 'skipsearch export')"),
            rho: Optional[str] = typer.Option(None, help="constant rho (0.7) or linear bottom:top (0.68:1.0)"),
            n: int = typer.Option(64, "--n", help="number of images"), seed: int = typer.Option(0, help="first seed"),
@@ -349,6 +367,9 @@ def sample(ctx: typer.Context, model: str = ModelOpt,
     _positive(n, "--n")
     _positive(batch_size, "--batch-size")
     _positive(scale, "--scale")
+    if schedule is not None and schedule.is_dir():
+        raise UsageError(f"--schedule {schedule} is a folder; give a schedule JSON file")
+    sampler, nfe, options = _recipe(schedule, sampler, nfe, default_nfe=35)
     steps_for_nfe(sampler, nfe)  # fail on a bad NFE before loading anything
     _check_image_output(output, (".png",))
     check_precision(_device_type(device), precision)
@@ -367,9 +388,10 @@ def sample(ctx: typer.Context, model: str = ModelOpt,
         task = progress.add_task(f"sampling {sampler} NFE {nfe}", total=n)
         result = generate(adapter, sampler=sampler, nfe=nfe, seeds=range(seed, seed + n), schedule=tuned,
                           batch_size=batch_size, precision=precision,
-                          progress=lambda k: progress.advance(task, k))
+                          progress=lambda k: progress.advance(task, k), **options)
     save_grid(result.images, output, scale=scale)
-    out.print(f"wrote {escape(str(output))} ({n} images, {escape(adapter.name)}, {sampler}, NFE {nfe}, "
+    grid = "" if tuned is None or tuned.grid is None else f", grid {tuned.grid.describe()}"
+    out.print(f"wrote {escape(str(output))} ({n} images, {escape(adapter.name)}, {sampler}, NFE {nfe}{grid}, "
               f"{'untuned' if tuned is None else tuned.family + ' schedule'}, {result.seconds:.1f}s)")
     if npz is not None:
         save_npz(result.images, npz, seeds=result.seeds)
@@ -413,8 +435,9 @@ def train(output: Path = typer.Option(Path("runs/edm-mnist"), "-o", "--output", 
 
 
 @app.command()
-def evaluate(ctx: typer.Context, model: str = ModelOpt, nfe: int = typer.Option(9, "--nfe"),
-             sampler: str = typer.Option("heun"),
+def evaluate(ctx: typer.Context, model: str = ModelOpt,
+             nfe: Optional[int] = typer.Option(None, "--nfe", help="default: the schedule's, else 9"),
+             sampler: Optional[str] = typer.Option(None, help="default: the schedule's, else heun"),
              schedule: Optional[Path] = typer.Option(None, help="schedule JSON"),
              rho: Optional[str] = typer.Option(None, help="constant rho or bottom:top"),
              n: int = typer.Option(2000, "--n", help="images"),
@@ -437,6 +460,9 @@ def evaluate(ctx: typer.Context, model: str = ModelOpt, nfe: int = typer.Option(
     unknown = [m for m in metrics if m not in METRICS]
     if not metrics or unknown:
         raise UsageError(f"--metric {metric!r}: use a comma-separated list of {', '.join(METRICS)}")
+    if schedule is not None and schedule.is_dir():
+        raise UsageError(f"--schedule {schedule} is a folder; give a schedule JSON file")
+    sampler, nfe, options = _recipe(schedule, sampler, nfe, default_nfe=9)
     steps_for_nfe(sampler, nfe)
     from skipsearch.export.weights import describe_weights
     if schedule is not None and schedule.is_dir():
@@ -445,6 +471,9 @@ def evaluate(ctx: typer.Context, model: str = ModelOpt, nfe: int = typer.Option(
         checkpoint = _weights_of(schedule, settings)
     adapter = _load(model, checkpoint, trust_pickle, device, settings)
     tuned = resolve_schedule(adapter, schedule, rho, sampler=sampler, nfe=nfe)
+    if tuned is not None:  # the flags (or the schedule's own recipe) decide how it is sampled
+        tuned = tuned.with_metadata(sampler=sampler, nfe=nfe, sampler_options=options,
+                                    nfe_set=tuned.nfe_set if nfe in tuned.nfe_set else ())
     out.print(escape(describe_weights(checkpoint, model, adapter.identity.sha256)), soft_wrap=True)
     for name in metrics:
         given = dict(extractor=extractor, weights_path=str(fid_weights) if fid_weights else None,
@@ -452,7 +481,7 @@ def evaluate(ctx: typer.Context, model: str = ModelOpt, nfe: int = typer.Option(
         overrides = {k: v for k, v in given.items() if v is not None}
         config = default_proxy_config(adapter.dataset, fid_ref=settings.fid_ref, metric=name, rungs=(n,),
                                       seed_offset=seed, batch_size=batch_size, **overrides)
-        proxy = FidProxy(adapter, sampler=sampler, nfe=nfe, config=config, settings=settings)
+        proxy = FidProxy(adapter, sampler=sampler, nfe=nfe, config=config, settings=settings, sampler_options=options)
         with _progress() as progress:
             task = progress.add_task(f"{name}: sampling + features", total=n)
             result = proxy.evaluate(tuned, preview=0, progress=lambda k: progress.advance(task, k))
@@ -519,11 +548,26 @@ def _rungs(text: Optional[str]) -> Optional[tuple[int, ...]]:
         raise UsageError(f"--rungs {text!r}: give comma-separated image counts, e.g. 250,500,1000") from None
 
 
+def _nfe_list(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--nfes {text!r}: give comma-separated NFEs, e.g. 5,9,17") from None
+    return values
+
+
 @app.command()
 def optimize(ctx: typer.Context, model: str = ModelOpt, nfe: Optional[int] = typer.Option(None, "--nfe"),
+             nfes: Optional[str] = typer.Option(None, "--nfes",
+                                                help="one schedule for several NFEs, e.g. 5,9,17 (mean ratio to "
+                                                     "rho = 1)"),
              sampler: Optional[str] = typer.Option(None),
              space: Optional[str] = typer.Option(None,
-                                                 help="search space (s2dm*: S²-DM fine-tuning trials)"),
+                                                 help="search space: a rho family with parts +grid, +free-grid, "
+                                                      "+sampler, +eps; 'joint' searches sampler, grid and rho "
+                                                      "(s2dm*: S²-DM fine-tuning trials)"),
              trials: Optional[int] = typer.Option(None, "--trials", help="trial budget of the study"),
              study: Optional[Path] = typer.Option(None, "--study", help="study definition (TOML)"),
              storage: Optional[str] = StorageOpt, study_name: Optional[str] = None,
@@ -550,7 +594,11 @@ def optimize(ctx: typer.Context, model: str = ModelOpt, nfe: Optional[int] = typ
     if export is not None and export.is_dir():
         raise UsageError(f"--export {export} is a folder; give a .json file name")
     base = load_study_file(study) if study else default_study(model, sampler, nfe, settings=settings)
-    overrides = dict(model=model if (study is None or model != "edm") else None, nfe=nfe, sampler=sampler,
+    nfe_set = _nfe_list(nfes)
+    if nfe_set and nfe is None and base.nfe not in nfe_set:
+        nfe = sorted(nfe_set)[len(nfe_set) // 2]  # the middle NFE is the one whose grids a reviewer sees
+    overrides = dict(model=model if (study is None or model != "edm") else None, nfe=nfe, nfes=nfe_set,
+                     sampler=sampler,
                      space=space, trials=trials, name=study_name,
                      checkpoint=str(checkpoint) if checkpoint else None, trust_pickle=trust_pickle or None,
                      search__sampler=optuna_sampler, search__pruner=pruner, search__final_n=final_n,
@@ -671,7 +719,7 @@ def _print_result(definition, result, storage_url: str) -> None:
         # Fine-tuned weights were exported beside the JSON and load from there; a --checkpoint would override them.
         finetuned = json.loads(result.best.schedule_json).get("provenance", {}).get("weights_path")
         words = ["skipsearch", "sample", "--model", definition.model, "--nfe", str(definition.nfe), "--sampler",
-                 definition.sampler, "--schedule", str(result.export_path)]
+                 result.best.sampler, "--schedule", str(result.export_path)]
         if definition.checkpoint and not finetuned:
             words += ["--checkpoint", str(definition.checkpoint)]
         out.print(escape("use it: " + shlex.join(words)), soft_wrap=True)  # one line, to copy whole

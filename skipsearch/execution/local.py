@@ -108,7 +108,7 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
                             interrupted=interrupted)
     if not interrupted and session.remaining() == 0:
         result.validations = session.validate(on_done=on_validated)
-        result.best = session.store.get(session.key)
+        result.best = session.best_row()
         if result.best is not None:
             from skipsearch.export.schedule import AllRejectedError, export_best
             path = Path(export) if export else default_export_path(storage_url, session.study.study_name, settings)

@@ -177,7 +177,7 @@ def _load_adapter(definition: dict[str, Any], device: str, settings: Settings | 
 def image_grids(adapter: SkipAdapter, definition: dict[str, Any], best: FrozenTrial | None,
                 trials: Sequence[FrozenTrial], output: Path) -> list[Grid]:
     from skipsearch.export.images import save_grid
-    from skipsearch.sampling.generate import generate
+    from skipsearch.sampling.generate import generate, recipe_of
     from skipsearch.schedule import SkipSchedule
     from skipsearch.search.spaces import paper_rho_bottom
 
@@ -208,8 +208,9 @@ def image_grids(adapter: SkipAdapter, definition: dict[str, Any], best: FrozenTr
         else:
             try:
                 parsed = None if schedule is _UNTUNED else SkipSchedule.from_dict(schedule)
-                result = generate(adapter, sampler=sampler, nfe=nfe, seeds=GRID_SEEDS, schedule=parsed,
-                                  **dict(definition.get("sampler_options") or {}))
+                # a schedule that names its sampler (a joint study's) is shown with it, at the study's NFE
+                own, _nfe, options = recipe_of(parsed, sampler, nfe, dict(definition.get("sampler_options") or {}))
+                result = generate(adapter, sampler=own, nfe=nfe, seeds=GRID_SEEDS, schedule=parsed, **options)
                 save_grid(result.images, output / file, nrow=GRID_NROW, scale=GRID_SCALE)
             except SkipsearchError as exc:
                 grid.note = f"{what}: {exc}"

@@ -30,6 +30,10 @@ def find_best(store: BestStore, model: str, sampler: str | None, nfe: int | None
         raise ExportError(f"no validated best schedule for model={model} sampler={sampler or 'any'} "
                           f"nfe={nfe if nfe is not None else 'any'}; stored: {known}. "
                           "Run 'skipsearch optimize' first")
+    comparable = len({(r.model_name, r.weights_sha256, r.nfe, r.metric) for r in rows}) == 1
+    if len(rows) > 1 and sampler is None and nfe is not None and comparable:
+        # One NFE, one metric, several samplers (a study that searched the sampler): the best of them is the answer.
+        return min(rows, key=lambda r: r.value)
     if len(rows) > 1:
         options = ", ".join(f"--sampler {r.sampler} --nfe {r.nfe}" for r in rows[:6])
         raise ExportError(f"{len(rows)} best schedules match; choose one with {options}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from skipsearch.errors import SkipsearchError
 from skipsearch.models.adapter import SkipAdapter
 from skipsearch.proxy.config import ProxyConfig
 from skipsearch.proxy.errors import NonFiniteError, ProxyConfigError
@@ -30,7 +31,7 @@ from skipsearch.proxy.stats import (
     compute_reference_stats,
     load_npz,
 )
-from skipsearch.sampling.generate import generate_many
+from skipsearch.sampling.generate import generate_many, recipe_of
 from skipsearch.schedule import SkipSchedule
 from skipsearch.settings import Settings
 
@@ -79,7 +80,8 @@ def reference_features(extractor: FeatureExtractor, dataset: str, split: str, ca
 
 
 class FidProxy:
-    """Scores schedules for one (model, sampler, NFE) with one extractor and one reference."""
+    """Scores schedules of one model with one extractor and one reference, by default with one sampler and NFE
+    (a schedule that names its own sampler, options or NFE is sampled with those: :meth:`recipe`)."""
 
     def __init__(self, adapter: SkipAdapter, *, sampler: str, nfe: int, config: ProxyConfig = ProxyConfig(),
                  sampler_options: dict | None = None, settings: Settings | None = None):
@@ -111,6 +113,17 @@ class FidProxy:
         return compute_reference_stats(self.config.dataset, self.config.split, self.extractor,
                                        cache=self.settings.cache).stats
 
+    def recipe(self, schedule: SkipSchedule | None) -> tuple[str, int, dict]:
+        """(sampler, NFE, sampler options) that score ``schedule``: its own where it names them (a searched
+        sampler, one NFE of a multi-NFE study), else this proxy's. Its time grid travels in the schedule."""
+        return recipe_of(schedule, self.sampler, self.nfe, self.sampler_options)
+
+    def _sampling_key(self, schedule: SkipSchedule | None) -> tuple:
+        """Schedules with equal keys share one sampler pass (same sampler, NFE, options, churn and grid)."""
+        sampler, nfe, options = self.recipe(schedule)
+        return (sampler, nfe, tuple(sorted(options.items())), None if schedule is None else schedule.churn,
+                None if schedule is None else schedule.grid)
+
     def _first_seed(self, evaluation: int) -> int:
         # Without CRN every evaluation gets fresh noise: a new block of seeds per call.
         return self.config.seed_offset + (0 if self.config.common_random_numbers else 1_000_003 * evaluation)
@@ -138,34 +151,44 @@ class FidProxy:
     def evaluate_many(self, schedules: Sequence[SkipSchedule | None], *, rungs: Sequence[int] | None = None,
                       seed_offset: int | None = None, on_rung: Callable[[int, int, RungResult], None] | None = None,
                       preview: int = 16, progress: Callable[[int], None] | None = None,
-                      ) -> list[ProxyResult | Exception]:
+                      keep: Callable[[int], bool] | None = None) -> list[ProxyResult | Exception]:
         """Several schedules scored together: each rung samples all the live ones in shared forwards.
 
         Entry j is schedule j's result, exactly what :meth:`evaluate` gives for it, or the exception that ended it:
         ``on_rung(j, index, result)`` may raise (optuna.TrialPruned) to stop schedule j alone, and a schedule whose
-        images are non-finite or degenerate stops alone too. Without common random numbers every evaluation has its
-        own seeds, so the schedules are scored one after another.
+        images are non-finite or degenerate stops alone too; ``keep(j)`` False before a rung stops schedule j with
+        :class:`EvaluationStopped`. Schedules that cannot share a sampler pass (another sampler, NFE, churn or grid)
+        run in separate passes, rung by rung in step, so every rung is reported for all before the next one.
+        Without common random numbers every evaluation has its own seeds: the schedules run one after another.
         """
         if not self.config.common_random_numbers or len(schedules) == 1:
-            return [self._evaluate_group([s], rungs, seed_offset, [j], on_rung, preview, progress)[0]
+            return [_finish(self._group_rungs([s], rungs, seed_offset, [j], on_rung, preview, progress, keep))[0]
                     for j, s in enumerate(schedules)]
         results: list[ProxyResult | Exception | None] = [None] * len(schedules)
-        by_churn: dict[object, list[int]] = {}  # one sampler pass needs one churn
+        by_pass: dict[object, list[int]] = {}  # one sampler pass: one sampler, NFE, churn and grid
         for j, schedule in enumerate(schedules):
-            by_churn.setdefault(schedule.churn if schedule is not None else None, []).append(j)
-        for members in by_churn.values():
-            group = self._evaluate_group([schedules[j] for j in members], rungs, seed_offset, members, on_rung,
-                                         preview, progress)
-            for j, result in zip(members, group):
-                results[j] = result
+            by_pass.setdefault(self._sampling_key(schedule), []).append(j)
+        running = [(members, self._group_rungs([schedules[j] for j in members], rungs, seed_offset, members,
+                                               on_rung, preview, progress, keep))
+                   for members in by_pass.values()]
+        while running:  # lockstep: rung i of every pass before rung i + 1 of any
+            for item in list(running):
+                members, group = item
+                try:
+                    next(group)
+                except StopIteration as done:
+                    for j, result in zip(members, done.value):
+                        results[j] = result
+                    running.remove(item)
         return results  # type: ignore[return-value]
 
-    def _evaluate_group(self, schedules: Sequence[SkipSchedule | None], rungs: Sequence[int] | None,
-                        seed_offset: int | None, numbers: Sequence[int],
-                        on_rung: Callable[[int, int, RungResult], None] | None, preview: int,
-                        progress: Callable[[int], None] | None) -> list[ProxyResult | Exception]:
-        """Schedules of one churn on one seed block; ``numbers`` are their indices in the caller's list (for
-        ``on_rung``)."""
+    def _group_rungs(self, schedules: Sequence[SkipSchedule | None], rungs: Sequence[int] | None,
+                     seed_offset: int | None, numbers: Sequence[int],
+                     on_rung: Callable[[int, int, RungResult], None] | None, preview: int,
+                     progress: Callable[[int], None] | None, keep: Callable[[int], bool] | None,
+                     ) -> Generator[None, None, list[ProxyResult | Exception]]:
+        """Schedules of one sampling key on one seed block, one rung per step of the generator (its return value
+        is the results); ``numbers`` are their indices in the caller's list (for ``on_rung`` and ``keep``)."""
         rungs = list(rungs or self.config.rungs)
         seeds = self.seeds_for(rungs[-1], seed_offset)
         self._evaluations += 1
@@ -178,13 +201,17 @@ class FidProxy:
         ended: dict[int, Exception] = {}
         done = 0
         start = time.perf_counter()
+        sampler, nfe, options = self.recipe(schedules[0])
         for index, n in enumerate(rungs):
+            for k in range(count):
+                if k not in ended and keep is not None and not keep(numbers[k]):
+                    ended[k] = EvaluationStopped(f"stopped by the caller before rung {index} (n={n})")
             live = [k for k in range(count) if k not in ended]
             if not live:
                 break
-            generated = generate_many(self.adapter, [schedules[k] for k in live], sampler=self.sampler, nfe=self.nfe,
+            generated = generate_many(self.adapter, [schedules[k] for k in live], sampler=sampler, nfe=nfe,
                                       seeds=seeds[done:n], batch_size=self.config.batch_size, progress=progress,
-                                      **self.sampler_options)
+                                      **options)
             for k, images in zip(live, generated):
                 if isinstance(images, Exception):
                     ended[k] = images
@@ -211,6 +238,7 @@ class FidProxy:
                         on_rung(numbers[k], index, results[k][-1])
                     except Exception as exc:  # e.g. optuna.TrialPruned: this schedule stops, the others go on
                         ended[k] = exc
+            yield
         return [ended[k] if k in ended else
                 ProxyResult(self.config.metric, results[k], (seeds.start, seeds.stop), calls[k], sampling_s[k],
                             feature_s[k], self.extractor.name, self.extractor.weights_sha256, previews[k])
@@ -238,3 +266,16 @@ class FidProxy:
         size = min(self.config.kid_subset_size, features.shape[0], self._ref_features.shape[0])
         mean, _std = kid(features, self._ref_features, subsets=50, subset_size=size)
         return float(mean), False
+
+
+def _finish(group: Generator[None, None, list]) -> list:
+    """Runs a :meth:`FidProxy._group_rungs` generator to its end and returns its results."""
+    while True:
+        try:
+            next(group)
+        except StopIteration as done:
+            return done.value
+
+
+class EvaluationStopped(SkipsearchError, RuntimeError):
+    """A schedule the caller stopped (``keep``) before its next rung, e.g. another NFE of a pruned trial."""

@@ -13,8 +13,9 @@ from skipsearch.device import autocast
 from skipsearch.errors import SkipsearchError
 from skipsearch.models.adapter import SkipAdapter
 from skipsearch.sampling.batching import batch_size_for
+from skipsearch.sampling.grids import grid_sigmas, sampling_sigmas
 from skipsearch.sampling.noise import SeededNoise
-from skipsearch.sampling.samplers import get_sampler, sample
+from skipsearch.sampling.samplers import get_sampler, sample, steps_for_nfe
 from skipsearch.schedule import Churn, SkipSchedule
 from skipsearch.schedule.batch import ScheduleBatch
 
@@ -90,7 +91,8 @@ def generate_many(adapter: SkipAdapter, schedules: Sequence[SkipSchedule | None]
 
     Entry j is schedule j's images, exactly what ``generate(schedule=schedules[j])`` gives (every image is drawn
     from its own seed), or the error that stopped schedule j (non-finite or degenerate images); the others go on.
-    The schedules must share their churn (one sampler pass); ``churn`` defaults to theirs.
+    The schedules must share their churn and time grid (one sampler pass); ``churn`` defaults to theirs, and their
+    grid (``SkipSchedule.grid``; None: the sampler's default grid) is used.
     """
     device = adapter.device
     if churn is None:
@@ -98,12 +100,16 @@ def generate_many(adapter: SkipAdapter, schedules: Sequence[SkipSchedule | None]
         if len(churns) != 1:
             raise ValueError("schedules sampled together must share their churn; group them by churn")
         churn = churns.pop()
+    grids = {(s.grid if s is not None else None) for s in schedules}
+    if len(grids) != 1:
+        raise ValueError("schedules sampled together must share their time grid; group them by grid")
+    grid = grids.pop()
     if not get_sampler(sampler).stochastic and churn.s_churn == 0:
         churn = Churn()
     batch_size = batch_size or batch_size_for(adapter, precision)  # measured once per model and device
     discrete = adapter.timestep_sigmas is not None
     options = {"spacing": adapter.default_spacing, "timestep_sigmas": adapter.timestep_sigmas,
-               "vp_start": discrete, **sampler_options}
+               "vp_start": discrete, "grid": grid, **sampler_options}
     seeds = [int(s) for s in seeds]
     identity = SkipSchedule.identity(len(adapter.skip_points))  # None beside others: the model as trained
     chunks: list[list[torch.Tensor]] = [[] for _ in schedules]
@@ -153,6 +159,36 @@ def generate_many(adapter: SkipAdapter, schedules: Sequence[SkipSchedule | None]
                 progress(m * len(active))
     return [failed[j] if j in failed else GenerateResult(torch.cat(chunks[j]), seeds, nfe, calls[j], seconds[j])
             for j in range(len(schedules))]
+
+
+def recipe_of(schedule: SkipSchedule | None, sampler: str, nfe: int,
+              options: dict | None = None) -> tuple[str, int, dict]:
+    """(sampler, NFE, options) to sample ``schedule`` with: the ones it names (a searched sampler, one NFE of a
+    multi-NFE study, its sampler options), else the given defaults; default options apply to their sampler only."""
+    own = schedule.sampler if schedule is not None and schedule.sampler else sampler
+    steps = schedule.nfe if schedule is not None and schedule.nfe else nfe
+    merged = {**((options or {}) if own == sampler else {}),
+              **(schedule.sampler_options if schedule is not None else {})}
+    return own, steps, merged
+
+
+def schedule_sigmas(adapter: SkipAdapter, schedule: SkipSchedule | None, *, sampler: str | None = None,
+                    nfe: int | None = None) -> torch.Tensor:
+    """The noise levels (descending, final 0, float64) that sampling ``schedule`` on ``adapter`` steps through:
+    its own time grid, else the model's default grid, at the step count of ``sampler`` and ``nfe`` (default: the
+    ones the schedule names). With ``skipsearch.apply(model, schedule)`` this is all a sampling loop of one's own
+    needs to reproduce ``skipsearch sample --schedule``."""
+    sampler = sampler or (schedule.sampler if schedule is not None and schedule.sampler else "heun")
+    nfe = nfe or (schedule.nfe if schedule is not None and schedule.nfe else None)
+    if nfe is None:
+        raise ValueError("schedule_sigmas: the schedule names no NFE; pass nfe=")
+    steps = steps_for_nfe(sampler, nfe)
+    if schedule is not None and schedule.grid is not None:
+        return grid_sigmas(schedule.grid, steps, sigma_min=adapter.sigma_min, sigma_max=adapter.sigma_max,
+                           round_sigma=adapter.round_sigma, device=adapter.device)
+    return sampling_sigmas(steps, spacing=adapter.default_spacing, sigma_min=adapter.sigma_min,
+                           sigma_max=adapter.sigma_max, round_sigma=adapter.round_sigma,
+                           timestep_sigmas=adapter.timestep_sigmas, device=adapter.device)
 
 
 def _check_images(x: torch.Tensor, seeds: list[int], sampler: str, nfe: int,

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import torch
 
 from skipsearch.schedule.validation import ScheduleError, positive_int
+from skipsearch.schedule.values import TimeGrid
 
-__all__ = ["DISCRETE_SPACINGS", "SPACINGS", "RoundSigma", "discrete_timesteps", "karras_interval_bounds",
-           "karras_sigmas",
-           "sampling_sigmas"]
+__all__ = ["DISCRETE_SPACINGS", "SPACINGS", "RoundSigma", "discrete_timesteps", "grid_sigmas",
+           "karras_interval_bounds", "karras_sigmas", "knots_sigmas", "sampling_sigmas"]
 
 RoundSigma = Callable[[torch.Tensor], torch.Tensor]
 
@@ -112,3 +112,38 @@ def sampling_sigmas(num_steps: int, *, spacing: str = "karras", sigma_min: float
     steps = discrete_timesteps(spacing, num_steps, int(table.numel()))
     sigmas = table[torch.tensor(steps)].to(device=device)
     return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def knots_sigmas(knots: tuple[float, ...] | list[float], num_steps: int,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """``num_steps`` sigmas from K+1 descending knots: the knots themselves when num_steps = K+1, else log-sigma
+    interpolated linearly along the normalised step index (Align-Your-Steps' rule for other step counts)."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    exact = torch.tensor(knots, dtype=torch.float64)
+    if num_steps == len(knots):
+        return exact.to(device)
+    log_knots = exact.log()
+    position = torch.arange(num_steps, dtype=torch.float64) * (len(knots) - 1) / max(num_steps - 1, 1)
+    left = position.floor().long().clamp(max=len(knots) - 2)
+    frac = position - left
+    values = (log_knots[left] + frac * (log_knots[left + 1] - log_knots[left])).exp()
+    on_knot = frac == 0  # a step on a knot takes the knot itself (no log/exp rounding)
+    values[on_knot] = exact[left[on_knot]]
+    if num_steps > 1:
+        values[-1] = exact[-1]
+    return values.to(device)
+
+
+def grid_sigmas(grid: TimeGrid, num_steps: int, *, sigma_min: float, sigma_max: float,
+                round_sigma: RoundSigma | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+    """A schedule's time grid at ``num_steps`` steps, then a final 0 (float64); a Karras grid's missing ends are
+    the model's ``sigma_min``/``sigma_max``. Snapped by ``round_sigma`` like the default grids."""
+    if grid.kind == "karras":
+        return karras_sigmas(num_steps, grid.sigma_min if grid.sigma_min is not None else sigma_min,
+                             grid.sigma_max if grid.sigma_max is not None else sigma_max, grid.rho, round_sigma,
+                             device=device)
+    sigmas = knots_sigmas(grid.knots, num_steps, device=device)
+    if round_sigma is not None:
+        sigmas = torch.as_tensor(round_sigma(sigmas)).to(device=sigmas.device, dtype=torch.float64)
+    return torch.cat([sigmas.reshape(num_steps), sigmas.new_zeros(1)])

@@ -23,12 +23,13 @@ import torch
 
 from skipsearch.errors import SkipsearchError
 from skipsearch.registry import Registry
-from skipsearch.sampling.grids import SPACINGS, RoundSigma, karras_sigmas, sampling_sigmas
+from skipsearch.sampling.grids import SPACINGS, RoundSigma, grid_sigmas, karras_sigmas, sampling_sigmas
 from skipsearch.sampling.noise import SeededNoise
-from skipsearch.schedule import Churn
+from skipsearch.schedule import Churn, TimeGrid
 
 __all__ = [
     "Denoiser",
+    "GridError",
     "NFEError",
     "SAMPLERS",
     "SampleResult",
@@ -109,12 +110,21 @@ def _reject_churn(churn: Churn, sampler: str) -> None:
         raise ValueError(f"{sampler} is deterministic and does not support churn (got s_churn={churn.s_churn})")
 
 
+def _draws_noise(gammas: list[float], churn: Churn) -> bool:
+    """Whether the churn steps draw noise: where gamma > 0, or at every step of a churning ``every-step`` run."""
+    return any(g > 0 for g in gammas) or (churn.noise == "every-step" and churn.s_churn > 0)
+
+
 def _churn_step(x: torch.Tensor, sigma: float, gamma: float, churn: Churn, noise: SeededNoise | None,
                 round_sigma: RoundSigma | None) -> tuple[torch.Tensor, float]:
-    """Raises the noise level to sigma_hat = sigma (1 + gamma) by adding fresh noise; no draw when gamma == 0."""
-    if gamma <= 0:
+    """Raises the noise level to sigma_hat = sigma + gamma sigma by adding fresh noise.
+
+    No draw when gamma == 0, unless ``churn.noise == "every-step"``: then, as EDM's sampler, every step of a
+    churning run draws (scaled by 0 where gamma = 0), so each image's noise stream is EDM's.
+    """
+    if gamma <= 0 and not (churn.noise == "every-step" and churn.s_churn > 0):
         return x, sigma
-    sigma_hat = sigma * (1.0 + gamma)
+    sigma_hat = sigma + gamma * sigma  # EDM's order of operations (bit-for-bit with its sampler)
     if round_sigma is not None:
         sigma_hat = float(torch.as_tensor(round_sigma(torch.tensor(sigma_hat, dtype=torch.float64))).reshape(()))
     assert noise is not None  # checked up front by _require_noise
@@ -132,7 +142,7 @@ def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, n
     x, s = _start(x, sigmas)
     model = _CountingDenoiser(denoiser)
     gammas = _churn_gammas(s, churn)
-    _require_noise(noise, any(g > 0 for g in gammas), "euler")
+    _require_noise(noise, _draws_noise(gammas, churn), "euler")
     for i, gamma in enumerate(gammas):
         x, s_hat = _churn_step(x, s[i], gamma, churn, noise, round_sigma)
         x = x + (s[i + 1] - s_hat) * (x - model(x, s_hat)) / s_hat
@@ -144,12 +154,13 @@ def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, no
     """EDM Algorithm 2: churn, Euler step, 2nd-order (trapezoidal) correction unless the next sigma is 0.
 
     NFE = 2N - 1. Unlike EDM's loop, which draws churn noise at every step even when gamma = 0, noise is drawn only
-    when gamma > 0. Common random numbers still hold: which steps draw depends only on the schedule and churn.
+    when gamma > 0, unless ``churn.noise == "every-step"`` (EDM's stream). Common random numbers hold either way:
+    which steps draw depends only on the schedule and churn.
     """
     x, s = _start(x, sigmas)
     model = _CountingDenoiser(denoiser)
     gammas = _churn_gammas(s, churn)
-    _require_noise(noise, any(g > 0 for g in gammas), "heun")
+    _require_noise(noise, _draws_noise(gammas, churn), "heun")
     for i, gamma in enumerate(gammas):
         x, s_hat = _churn_step(x, s[i], gamma, churn, noise, round_sigma)
         s_next = s[i + 1]
@@ -176,7 +187,7 @@ def sample_ddim(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, no
     x, s = _start(x, sigmas)
     model = _CountingDenoiser(denoiser)
     gammas = _churn_gammas(s, churn)
-    _require_noise(noise, any(g > 0 for g in gammas) or (eta > 0 and any(v > 0 for v in s[1:])), "ddim")
+    _require_noise(noise, _draws_noise(gammas, churn) or (eta > 0 and any(v > 0 for v in s[1:])), "ddim")
     for i, gamma in enumerate(gammas):
         x, s_hat = _churn_step(x, s[i], gamma, churn, noise, round_sigma)
         s_next = s[i + 1]
@@ -337,6 +348,10 @@ class NFEError(SkipsearchError, ValueError):
     """An NFE budget that a sampler cannot spend exactly."""
 
 
+class GridError(SkipsearchError, ValueError):
+    """A schedule's time grid that gives no usable noise levels on this model (a trial failure, not a crash)."""
+
+
 SAMPLERS = Registry[SamplerSpec]("sampler", UnknownSamplerError)
 for _spec in (
     SamplerSpec("heun", sample_heun, True, _nfe_heun, "EDM Algorithm 2 (Heun, 2nd order) with optional churn",
@@ -368,7 +383,7 @@ class SamplerOptionError(SkipsearchError, ValueError):
 # Options of the sigma grid, which sample() takes for every sampler; a sampler's own are its keyword arguments.
 GRID_OPTIONS: dict[str, type] = {"spacing": str, "rho": float}
 # Keyword arguments the pipeline passes itself, never options of a study.
-_PIPELINE_ARGS = {"noise", "churn", "round_sigma"}
+_PIPELINE_ARGS = {"noise", "churn", "round_sigma", "grid"}
 # Value checks beyond the type, where a cheap one exists (by option name: "rho" is the grid's Karras exponent).
 _OPTION_RULES: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
     "spacing": (lambda v: v in SPACINGS, f"one of {', '.join(SPACINGS)}"),
@@ -435,18 +450,26 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
 def sample(denoiser: Denoiser, x: torch.Tensor, *, sampler: str, nfe: int, sigma_min: float, sigma_max: float,
            rho: float = 7.0, round_sigma: RoundSigma | None = None, noise: SeededNoise | None = None,
            churn: Churn = Churn(), spacing: str = "karras", timestep_sigmas: torch.Tensor | None = None,
-           vp_start: bool = False, **options: object) -> SampleResult:
+           vp_start: bool = False, grid: TimeGrid | None = None, **options: object) -> SampleResult:
     """Samples from standard-normal latents ``x`` with exactly ``nfe`` denoiser calls.
 
     The grid is ``spacing`` (:func:`skipsearch.sampling.grids.sampling_sigmas`: Karras by default, or a timestep
     spacing of a discrete model's ``timestep_sigmas``). The start is ``x * sigma_0`` in float64 (EDM), or with
     ``vp_start`` ``x * sqrt(sigma_0^2 + 1)``: a VP model's prior N(0, I) at its first timestep, as diffusers starts.
-    ``options`` go to the sampler (e.g. order, eta).
+    A schedule's ``grid`` (:class:`TimeGrid`) replaces ``spacing``. ``options`` go to the sampler (e.g. order, eta).
     """
     spec = get_sampler(sampler)
     steps = steps_for_nfe(sampler, nfe)
-    sigmas = sampling_sigmas(steps, spacing=spacing, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
-                             round_sigma=round_sigma, timestep_sigmas=timestep_sigmas, device=x.device)
+    if grid is not None:
+        sigmas = grid_sigmas(grid, steps, sigma_min=sigma_min, sigma_max=sigma_max, round_sigma=round_sigma,
+                             device=x.device)
+        values = sigmas.tolist()
+        if any(b >= a for a, b in zip(values, values[1:-1])):  # e.g. two points snapped to one timestep
+            raise GridError(f"time grid {grid.describe()} gives {steps} sigmas that do not strictly descend "
+                            f"({', '.join(f'{v:.4g}' for v in values[:-1])}) on this model")
+    else:
+        sigmas = sampling_sigmas(steps, spacing=spacing, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
+                                 round_sigma=round_sigma, timestep_sigmas=timestep_sigmas, device=x.device)
     if round_sigma is not None and spec.stochastic:
         options.setdefault("round_sigma", round_sigma)
     start = math.sqrt(float(sigmas[0]) ** 2 + 1) if vp_start else sigmas[0]

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from skipsearch.schedule.core import SkipSchedule
     from skipsearch.schedule.limits import EPS_SCALE_RANGE, LAYER_WISE_BOUNDS, RHO_RANGE
     from skipsearch.schedule.validation import ScheduleError
-    from skipsearch.schedule.values import Churn, ModelIdentity
+    from skipsearch.schedule.values import Churn, ModelIdentity, TimeGrid
 
 _HOMES = {
     "EPS_SCALE_RANGE": "limits",
@@ -24,12 +24,13 @@ _HOMES = {
     "SCHEMA": "codec",
     "Churn": "values",
     "ModelIdentity": "values",
+    "TimeGrid": "values",
     "ScheduleError": "validation",
     "SkipSchedule": "core",
 }
 
 __all__ = ["EPS_SCALE_RANGE", "LAYER_WISE_BOUNDS", "RHO_RANGE", "SCHEMA", "Churn", "ModelIdentity", "ScheduleError",
-           "SkipSchedule"]
+           "SkipSchedule", "TimeGrid"]
 
 
 __getattr__ = lazy_exports(__name__, _HOMES)

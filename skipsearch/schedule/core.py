@@ -2,8 +2,9 @@
 
 Skip-Tuning (arXiv 2402.15170) feeds a decoder block ``concat(rho_i * d_i, u_i)`` instead of ``concat(d_i, u_i)``.
 A :class:`SkipSchedule` holds one row of ``rho`` per sigma interval and one column per skip point; column 0 is the
-bottom skip point (lowest resolution, consumed first by the decoder). Schedules are immutable, compare by content
-and travel as versioned JSON (``skipsearch.schedule/v1``, see :mod:`skipsearch.schedule.codec`); the named
+bottom skip point (lowest resolution, consumed first by the decoder). Since schema v2 a schedule also says how it
+is sampled (time grid, sampler options, NFE set). Schedules are immutable, compare by content and travel as
+versioned JSON (``skipsearch.schedule/v2``, which also reads v1; see :mod:`skipsearch.schedule.codec`); the named
 constructors live in :mod:`skipsearch.schedule.families`.
 """
 
@@ -30,11 +31,11 @@ from skipsearch.schedule.validation import (
     to_float,
     validate_bounds,
 )
-from skipsearch.schedule.values import Churn, ModelIdentity
+from skipsearch.schedule.values import Churn, ModelIdentity, TimeGrid
 
-__all__ = ["Churn", "ModelIdentity", "ScheduleError", "SkipSchedule"]
+__all__ = ["Churn", "ModelIdentity", "ScheduleError", "SkipSchedule", "TimeGrid"]
 
-_METADATA_FIELDS = ("model", "sampler", "nfe", "provenance")
+_METADATA_FIELDS = ("model", "sampler", "nfe", "provenance", "sampler_options", "nfe_set")
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +56,11 @@ class SkipSchedule:
     sampler: str | None = None
     nfe: int | None = None
     provenance: dict = field(default_factory=dict)
+    # How to sample it (schema v2): the time grid (None: the sampler's default), the sampler's options, and the
+    # NFEs the schedule was searched for together (empty: only ``nfe``).
+    grid: TimeGrid | None = None
+    sampler_options: dict = field(default_factory=dict)
+    nfe_set: tuple[int, ...] = ()
 
     __hash__ = None  # type: ignore[assignment]  # content equality over a numpy array: not hashable
 
@@ -72,7 +78,15 @@ class SkipSchedule:
         object.__setattr__(self, "eps_scale", eps_scale)
         if not isinstance(self.family, str) or not self.family:
             raise ScheduleError(f"schedule.family: {fmt(self.family)} must be a non-empty string")
-        for name in ("params", "provenance"):
+        if self.grid is not None and not isinstance(self.grid, TimeGrid):
+            raise ScheduleError(f"schedule.grid: must be a TimeGrid or None, got {fmt(self.grid)}")
+        if isinstance(self.nfe_set, (str, bytes)) or not isinstance(self.nfe_set, (list, tuple)):
+            raise ScheduleError(f"schedule.nfe_set: must be a list of NFEs, got {fmt(self.nfe_set)}")
+        nfes = tuple(positive_int(v, f"schedule.nfe_set[{i}]") for i, v in enumerate(self.nfe_set))
+        if len(set(nfes)) != len(nfes):
+            raise ScheduleError(f"schedule.nfe_set: {list(nfes)} repeats an NFE")
+        object.__setattr__(self, "nfe_set", tuple(sorted(nfes)))
+        for name in ("params", "provenance", "sampler_options"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):
                 raise ScheduleError(f"schedule.{name}: must be an object (dict), got {fmt(value)}")
@@ -89,6 +103,8 @@ class SkipSchedule:
             raise ScheduleError(f"schedule.sampler: {fmt(self.sampler)} must be a non-empty string or null")
         if self.nfe is not None:
             object.__setattr__(self, "nfe", positive_int(self.nfe, "schedule.nfe"))
+            if self.nfe_set and self.nfe not in self.nfe_set:
+                raise ScheduleError(f"schedule.nfe: {self.nfe} is not in its nfe_set {list(self.nfe_set)}")
         object.__setattr__(self, "_torch_cache", {})
 
     @staticmethod
@@ -199,7 +215,8 @@ class SkipSchedule:
                 and self.sigma_bounds == other.sigma_bounds and self.churn == other.churn
                 and self.eps_scale == other.eps_scale and self.family == other.family and self.params == other.params
                 and self.model == other.model and self.sampler == other.sampler and self.nfe == other.nfe
-                and self.provenance == other.provenance)
+                and self.provenance == other.provenance and self.grid == other.grid
+                and self.sampler_options == other.sampler_options and self.nfe_set == other.nfe_set)
 
     def __getstate__(self) -> dict[str, Any]:
         # The device tensors are a cache: never ship them (e.g. CUDA tensors to a CPU-only Ray worker).
@@ -304,10 +321,10 @@ class SkipSchedule:
                                        sigma_max=sigma_max, num_intervals=num_intervals, churn=churn,
                                        eps_scale=eps_scale)
 
-    # -- JSON: the skipsearch.schedule/v1 codec lives in skipsearch.schedule.codec
+    # -- JSON: the skipsearch.schedule/v2 codec (which also reads v1) lives in skipsearch.schedule.codec
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``skipsearch.schedule/v1`` document as plain JSON-ready Python (inf written as "inf")."""
+        """The ``skipsearch.schedule/v2`` document as plain JSON-ready Python (inf written as "inf")."""
         return codec.to_dict(self)
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -319,7 +336,7 @@ class SkipSchedule:
 
     @classmethod
     def from_dict(cls, d: Any, *, expect_model: ModelIdentity | None = None) -> SkipSchedule:
-        """Parse and strictly validate a ``skipsearch.schedule/v1`` document; optionally check it fits a model."""
+        """Parse and strictly validate a ``skipsearch.schedule/v2`` (or v1) document; optionally check the model."""
         return codec.from_dict(cls, d, expect_model=expect_model)
 
     @classmethod

@@ -84,6 +84,8 @@ class StudyDefinition:
     model: str = "edm"
     sampler: str = "heun"
     nfe: int = 9
+    # A multi-NFE study: one schedule for all of them (objective: mean proxy ratio to rho = 1); nfe is one of them.
+    nfes: tuple[int, ...] = ()
     space: str = "linear"
     trials: int = 16
     name: str | None = None
@@ -100,6 +102,8 @@ class StudyDefinition:
         sampler options (the model's identity and the sampler/NFE are in the study name beside it)."""
         parts = {"space": self.space, "bounds": dataclasses.asdict(self.space_bounds),
                  "proxy": dataclasses.asdict(self.proxy), "sampler_options": self.sampler_options}
+        if self.nfes:  # left out for one NFE, so existing studies keep their names
+            parts["nfes"] = list(self.nfes)
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
     def override(self, **changes: Any) -> StudyDefinition:
@@ -126,7 +130,7 @@ _SECTIONS = {"space": ("space_bounds", SpaceBounds), "proxy": ("proxy", ProxyCon
              "search": ("search", SearchConfig)}
 _SECTION_ATTRS = {"space_bounds", "proxy", "search"}
 # The [study] table holds StudyDefinition's own fields; the others are sections of their own, or internal.
-_STUDY_FIELDS = ("model", "sampler", "nfe", "space", "trials", "name", "checkpoint", "trust_pickle")
+_STUDY_FIELDS = ("model", "sampler", "nfe", "nfes", "space", "trials", "name", "checkpoint", "trust_pickle")
 
 
 def _short(value: Any) -> str:
@@ -198,6 +202,8 @@ def parse_study(data: dict[str, Any], source: str) -> StudyDefinition:
         if key not in _STUDY_FIELDS:
             raise StudyDefinitionError(f"{source}: [study] has no field {key!r}; known: {sorted(_STUDY_FIELDS)}")
     _check_types(StudyDefinition, study, source, "study")
+    if isinstance(study.get("nfes"), list):
+        study["nfes"] = tuple(study["nfes"])
     kwargs.update(study)
     for section, (attr, cls) in _SECTIONS.items():
         values = _table(data, section, source)
@@ -245,6 +251,12 @@ def validate(definition: StudyDefinition) -> None:
                                    f"{name.removesuffix(REVIEW_SUFFIX)!r}); run trials in that study instead")
     if definition.trials < 1:
         raise StudyDefinitionError(f"{where}: trials must be a positive integer, got {definition.trials!r}")
+    nfes = definition.nfes
+    if nfes and (any(n < 1 for n in nfes) or len(set(nfes)) != len(nfes) or len(nfes) < 2):
+        raise StudyDefinitionError(f"{where}: nfes must be two or more different positive NFEs, got {list(nfes)}")
+    if nfes and definition.nfe not in nfes:
+        raise StudyDefinitionError(f"{where}: nfe {definition.nfe} must be one of nfes {list(nfes)} (the NFE whose "
+                                   "grids a reviewer sees); give --nfe with one of them")
     search, proxy = definition.search, definition.proxy
     if search.sampler not in OPTUNA_SAMPLERS:
         raise StudyDefinitionError(f"{where}: unknown Optuna sampler {search.sampler!r}; "

@@ -17,13 +17,14 @@ from skipsearch.models.adapter import SkipAdapter
 from skipsearch.proxy.errors import NonFiniteError
 from skipsearch.proxy.fid_proxy import FidProxy, RungResult
 from skipsearch.sampling.generate import DegenerateOutputError, NonFiniteOutputError, generate
+from skipsearch.sampling.samplers import GridError
 from skipsearch.schedule import SkipSchedule
 from skipsearch.search.records import TrialRecord
 from skipsearch.search.spaces import SearchSpace
 
 # Failures that belong to a trial (its schedule), not to the study: the trial is FAIL and the study goes on.
 TRIAL_FAILURES: tuple[type[BaseException], ...] = (NonFiniteOutputError, DegenerateOutputError, NonFiniteError,
-                                                     torch.OutOfMemoryError, MemoryError)
+                                                     GridError, torch.OutOfMemoryError, MemoryError)
 PREVIEW_IMAGES = 16  # images of a trial shown in its artifacts (the first seeds of its first rung)
 
 
@@ -38,6 +39,7 @@ class Objective:
         # numbers every trial previews the same seeds), or taken from the untuned baseline trial for free.
         self._untuned_previews: dict[tuple[int, int], torch.Tensor] = {}
         self.untuned_generated = 0  # how often the rho = 1 preview had to be sampled here
+        self._references: dict[int, dict[int, float]] | None = None  # multi-NFE: rho = 1 per NFE and rung
 
     def pruning_steps(self) -> tuple[int, ...]:
         """The steps this objective reports to the pruner: the proxy rungs (image counts)."""
@@ -52,8 +54,11 @@ class Objective:
         self.space.suggest(trial)
 
     def schedule_for(self, trial: optuna.trial.BaseTrial) -> SkipSchedule:
+        """The trial's schedule, naming how it is sampled: the searched sampler and its options, or the study's."""
         schedule = self.space.suggest(trial)
-        return schedule.with_metadata(model=self.adapter.identity, sampler=self.proxy.sampler, nfe=self.proxy.nfe,
+        sampler, _nfe, options = self.proxy.recipe(schedule)
+        return schedule.with_metadata(model=self.adapter.identity, sampler=sampler, nfe=self.proxy.nfe,
+                                      sampler_options=options, nfe_set=self.space.ctx.nfes,
                                       provenance={"space": self.space_name, "params": dict(trial.params)})
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -70,8 +75,10 @@ class Objective:
         schedules = []
         for trial in trials:
             schedule = self.schedule_for(trial)
-            TrialRecord.put(trial, schedule=schedule.to_dict(), nfe=self.proxy.nfe, sampler=self.proxy.sampler)
+            TrialRecord.put(trial, schedule=schedule.to_dict(), nfe=self.proxy.nfe, sampler=schedule.sampler)
             schedules.append(schedule)
+        if len(self.space.ctx.nfes) > 1:
+            return self._evaluate_nfe_set(trials, schedules, start)
         first_seeds = self.proxy.first_seeds(len(trials))  # the seeds evaluate_many() is about to use
 
         def on_rung(j: int, _index: int, rung: RungResult) -> None:
@@ -109,11 +116,83 @@ class Objective:
             outcomes.append(result.value)
         return outcomes
 
+    def reference_rungs(self) -> dict[int, dict[int, float]]:
+        """rho = 1 (the study's sampler on its default grid) at each NFE of the set: NFE -> n -> proxy, on the
+        trials' seeds; computed once per process (the denominators of a multi-NFE study's ratios)."""
+        if self._references is None:
+            identity = SkipSchedule.identity(len(self.adapter.skip_points))
+            nfes = self.space.ctx.nfes
+            results = self.proxy.evaluate_many([identity.with_metadata(sampler=self.proxy.sampler, nfe=k)
+                                                for k in nfes], preview=0)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            self._references = {k: {r.n: r.value for r in result.rungs} for k, result in zip(nfes, results)}
+        return self._references
+
+    def _evaluate_nfe_set(self, trials: Sequence[optuna.Trial], schedules: list[SkipSchedule],
+                          start: float) -> list[float | Exception]:
+        """One schedule for several NFEs: each trial's value after a rung is the mean over the NFEs of its proxy
+        divided by rho = 1's at that NFE (< 1 is better); it is reported and pruned on that mean, and a pruned
+        trial stops at every NFE."""
+        nfes = self.space.ctx.nfes
+        references = self.reference_rungs()
+        expanded = [schedule.with_metadata(nfe=k) for schedule in schedules for k in nfes]
+        owner = [j for j in range(len(trials)) for _ in nfes]
+        reported: dict[tuple[int, int], dict[int, float]] = {}
+        pruned: set[int] = set()
+
+        def on_rung(i: int, index: int, rung: RungResult) -> None:
+            j, k = owner[i], nfes[i % len(nfes)]
+            if j in pruned:
+                raise optuna.TrialPruned()
+            values = reported.setdefault((j, index), {})
+            values[k] = rung.value
+            if len(values) < len(nfes):
+                return
+            trial = trials[j]
+            ratio = sum(values[m] / references[m][rung.n] for m in nfes) / len(nfes)
+            trial.report(ratio, step=rung.n)
+            TrialRecord.put(trial, rungs={rung.n: ratio})
+            if trial.should_prune():
+                pruned.add(j)
+                TrialRecord.put(trial, wall_seconds=round(time.perf_counter() - start, 3))
+                raise optuna.TrialPruned(f"pruned at n={rung.n} (mean ratio to rho = 1 {ratio:.3f})")
+
+        try:
+            results: list = self.proxy.evaluate_many(expanded, on_rung=on_rung, preview=PREVIEW_IMAGES,
+                                                     keep=lambda i: owner[i] not in pruned)
+        except TRIAL_FAILURES as exc:
+            results = [exc] * len(expanded)
+        outcomes: list[float | Exception] = []
+        for j, trial in enumerate(trials):
+            mine = results[j * len(nfes):(j + 1) * len(nfes)]
+            failure = next((r for r in mine if isinstance(r, TRIAL_FAILURES)), None)
+            if j in pruned or failure is None and any(isinstance(r, Exception) for r in mine):
+                outcomes.append(optuna.TrialPruned(f"pruned (mean ratio to rho = 1, NFEs {list(nfes)})"))
+                continue
+            if failure is not None:
+                TrialRecord.put(trial, fail_reason=f"{type(failure).__name__}: {failure}")
+                outcomes.append(failure)
+                continue
+            per_nfe = {str(k): {str(r.n): r.value for r in result.rungs} for k, result in zip(nfes, mine)}
+            first = mine[0]
+            TrialRecord.put(trial, seeds=f"{first.seeds[0]}-{first.seeds[1] - 1}", nfe_values=per_nfe,
+                            denoiser_calls=sum(r.denoiser_calls for r in mine),
+                            sampling_seconds=round(sum(r.sampling_seconds for r in mine), 3),
+                            feature_seconds=round(sum(r.feature_seconds for r in mine), 3),
+                            extractor=first.extractor, wall_seconds=round(time.perf_counter() - start, 3))
+            shown = mine[nfes.index(self.proxy.nfe)] if self.proxy.nfe in nfes else first
+            if self.artifact_store is not None and shown.preview is not None:
+                self._upload_grid(trial, shown.preview, first_seed=shown.seeds[0])
+            outcomes.append(sum(r.value / references[k][r.n] for k, r in zip(nfes, mine)) / len(nfes))
+        return outcomes
+
     def _preview(self, schedule: SkipSchedule | None, first_seed: int, count: int) -> torch.Tensor:
         """The first ``count`` images of an evaluation from ``first_seed`` (the same noise the proxy used)."""
-        return generate(self.adapter, sampler=self.proxy.sampler, nfe=self.proxy.nfe,
-                        seeds=range(first_seed, first_seed + count), schedule=schedule,
-                        batch_size=self.proxy.config.batch_size, **self.proxy.sampler_options).images.cpu()
+        sampler, nfe, options = self.proxy.recipe(schedule)
+        return generate(self.adapter, sampler=sampler, nfe=nfe, seeds=range(first_seed, first_seed + count),
+                        schedule=schedule, batch_size=self.proxy.config.batch_size, **options).images.cpu()
 
     def untuned_preview(self, first_seed: int, count: int) -> torch.Tensor:
         """rho = 1 (the model as trained) on the preview seeds, cached for this objective."""

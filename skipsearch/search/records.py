@@ -41,6 +41,7 @@ class TrialRecord:
     side_by_side_artifact: str | None = None  # optuna artifact id of the preview next to rho = 1, same seeds
     worker: str | None = None  # host:pid:suffix of the process that ran it
     worker_pid: int | None = None
+    nfe_values: dict[str, dict[str, float]] | None = None  # multi-NFE trials: NFE -> n -> proxy at that NFE
     rungs: dict[int, float] = field(default_factory=dict)  # n -> proxy
     steps: dict[int, float] = field(default_factory=dict)  # training step -> proxy (fine-tuning)
     losses: dict[int, float] = field(default_factory=dict)  # training step -> loss (fine-tuning)
@@ -91,13 +92,16 @@ class Validated:
     seeds: str | None = None
     baseline: str | None = None
     error: str | None = None
+    nfe_values: dict[str, float] | None = None  # multi-NFE studies: the metric at each NFE ("value" is their mean
+    # ratio to rho = 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Validated:
-        return cls(**{k: d[k] for k in ("n", "value", "proxy", "seeds", "baseline", "error") if k in d})
+        return cls(**{k: d[k] for k in ("n", "value", "proxy", "seeds", "baseline", "error", "nfe_values")
+                      if k in d})
 
 
 @dataclass(frozen=True)

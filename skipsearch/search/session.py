@@ -47,7 +47,14 @@ from skipsearch.search.definition import StudyDefinition, StudyDefinitionError
 from skipsearch.search.definition import validate as validate_definition
 from skipsearch.search.objective import TRIAL_FAILURES, Objective
 from skipsearch.search.records import Calibration, StudyRecord
-from skipsearch.search.spaces import SearchSpace, SpaceContext, baselines, check_space_name, get_space
+from skipsearch.search.spaces import (
+    SearchSpace,
+    SpaceContext,
+    baselines,
+    check_space_name,
+    get_space,
+    samplers_for,
+)
 from skipsearch.search.strategies import make_pruner, make_sampler
 from skipsearch.settings import Settings
 from skipsearch.store import BestKey, BestStore, StoreError, default_storage_url, redact_url
@@ -92,8 +99,9 @@ def study_name_for(definition: StudyDefinition, adapter: SkipAdapter) -> str:
     """``{model}-{weights sha8}-{sampler}-nfe{N}-{space}-{objective digest}``: a change of bounds, proxy or sampler
     options makes another study (never a silent resume of the old one)."""
     safe_model = "".join(c if c.isalnum() or c in "-_." else "-" for c in adapter.name)
+    nfe = "+".join(map(str, definition.nfes)) if definition.nfes else definition.nfe
     return definition.name or (f"{safe_model}-{adapter.identity.sha256[:8]}-{definition.sampler}-"
-                               f"nfe{definition.nfe}-{definition.space}-{definition.objective_digest()}")
+                               f"nfe{nfe}-{definition.space}-{definition.objective_digest()}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -135,6 +143,13 @@ class StudySession:
     @property
     def key(self) -> BestKey:
         return BestKey(self.adapter.name, self.adapter.identity.sha256, self.definition.sampler, self.definition.nfe)
+
+    def best_row(self):
+        """The stored best for this study's model and NFE: of its sampler, or of every sampler it may choose."""
+        samplers = self.space.ctx.samplers if self.space.choose_sampler else (self.definition.sampler,)
+        rows = [row for name in samplers
+                if (row := self.store.get(dataclasses.replace(self.key, sampler=name))) is not None]
+        return min(rows, key=lambda row: row.value) if rows else None
 
     def remaining(self) -> int:
         """Budget not yet used by finished trials (running ones may still use it, or fail and be queued again)."""
@@ -214,6 +229,8 @@ class StudySession:
         return labels
 
     def _neighbours(self, count: int = 2):
+        if self.definition.nfes:  # a multi-NFE study covers its neighbours itself
+            return []
         rows = [r for r in self.store.best(self.adapter.name, self.definition.sampler)
                 if r.weights_sha256 == self.adapter.identity.sha256 and r.nfe != self.definition.nfe
                 and r.space == self.definition.space]
@@ -258,6 +275,8 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
     validate_definition(definition)  # types and ranges, also of a definition made in Python rather than from a file
     sampler_spec = get_sampler(definition.sampler)
     steps = steps_for_nfe(definition.sampler, definition.nfe)
+    for nfe in definition.nfes:  # every NFE of a multi-NFE study must be exact for the study's sampler too
+        steps_for_nfe(definition.sampler, nfe)
     check_space_name(definition.space)
     check_sampler_options(definition.sampler, definition.sampler_options,
                           where=f"{definition.source}: [sampler_options]")
@@ -274,7 +293,10 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
                      sampler_options=definition.sampler_options, settings=settings)
     ctx = SpaceContext(num_skip_points=len(adapter.skip_points), level_of_point=adapter.level_of_points(),
                        sigma_min=adapter.sigma_min, sigma_max=adapter.sigma_max, num_steps=steps,
-                       stochastic=sampler_spec.stochastic)
+                       stochastic=sampler_spec.stochastic, sampler=definition.sampler,
+                       nfes=tuple(sorted(definition.nfes)),
+                       samplers=samplers_for(definition.nfes or (definition.nfe,)),
+                       default_spacing=adapter.default_spacing)
     space = get_space(definition.space, ctx, definition.space_bounds)
     name = study_name_for(definition, adapter)
     # Processes starting together on a fresh database would race to create Optuna's tables.
@@ -309,7 +331,8 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
 def _check_identity(record: StudyRecord, definition: StudyDefinition, adapter: SkipAdapter, name: str) -> None:
     """Record what the study searches; refuse to resume a study (by --study-name) whose objective differs."""
     current = {"model": adapter.name, "weights_sha256": adapter.identity.sha256, "sampler": definition.sampler,
-               "nfe": definition.nfe, "space": definition.space, "objective_digest": definition.objective_digest(),
+               "nfe": definition.nfe, "nfes": list(definition.nfes),
+               "space": definition.space, "objective_digest": definition.objective_digest(),
                "space_bounds": dataclasses.asdict(definition.space_bounds),
                "proxy": {**dataclasses.asdict(definition.proxy), "rungs": list(definition.proxy.rungs)},
                "sampler_options": dict(definition.sampler_options), "metric": definition.proxy.metric,

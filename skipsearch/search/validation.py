@@ -61,40 +61,65 @@ def validate(session: StudySession, top_k: int | None = None,
     study_record = StudyRecord(session.study)
     validated = study_record.validated()
     trials = {t.number: t for t in session.study.get_trials(deepcopy=False)}
-    results = []
+    results: list = []
+    references: dict[int, float] | None = None
     for number in validation_candidates(trials.values(), config.validate_top_k if top_k is None else top_k):
         trial = trials[number]
         record = TrialRecord.read(trial)
         schedule = SkipSchedule.from_dict(record.schedule)
         entry = validated.get(number)
         if entry is None or entry.n != config.final_n:
+            nfes = session.definition.nfes or (session.definition.nfe,)
             try:
                 proxy = session.objective.proxy_for_validation(trial)
-                result = proxy.evaluate(schedule, rungs=[config.final_n], seed_offset=config.validation_seed_offset,
-                                        preview=0)
+                scored = [proxy.evaluate(schedule.with_metadata(nfe=k) if len(nfes) > 1 else schedule,
+                                          rungs=[config.final_n], seed_offset=config.validation_seed_offset,
+                                          preview=0) for k in nfes]
+                references = _references(session, nfes, references)
             except TRIAL_FAILURES as exc:
                 validated[number] = Validated(n=config.final_n, error=f"{type(exc).__name__}: {exc}",
                                               baseline=record.baseline)
                 study_record.set_validated(validated)
                 results.append({"trial": number, **validated[number].to_dict()})
                 continue
-            seeds = f"{result.seeds[0]}-{result.seeds[1] - 1}"
-            entry = Validated(n=result.n, value=result.value, proxy=trial.value, seeds=seeds,
-                              baseline=record.baseline)
+            seeds = f"{scored[0].seeds[0]}-{scored[0].seeds[1] - 1}"
+            if len(nfes) == 1:
+                entry = Validated(n=scored[0].n, value=scored[0].value, proxy=trial.value, seeds=seeds,
+                                  baseline=record.baseline)
+            else:  # the mean ratio to rho = 1 over the NFEs, as the search scored it; each NFE's metric beside
+                ratio = sum(r.value / references[k] for k, r in zip(nfes, scored)) / len(nfes)
+                entry = Validated(n=config.final_n, value=ratio, proxy=trial.value, seeds=seeds,
+                                  baseline=record.baseline,
+                                  nfe_values={str(k): r.value for k, r in zip(nfes, scored)})
             validated[number] = entry
             study_record.set_validated(validated)
-            provenance = {**schedule.provenance, "study": session.study.study_name, "trial": number,
-                          "validated": {"metric": session.proxy.config.metric, "value": result.value,
-                                        "n": result.n, "seeds": seeds, "extractor": result.extractor}}
-            schedule = schedule.with_metadata(provenance=provenance)
-            session.store.record(Validation(
-                model_name=session.adapter.name, weights_sha256=session.adapter.identity.sha256,
-                sampler=session.definition.sampler, nfe=session.definition.nfe,
-                metric=session.proxy.config.metric, value=result.value, n=result.n, seeds=seeds,
-                extractor=result.extractor, extractor_sha256=result.extractor_sha256,
-                schedule_json=schedule.to_json(), space=session.definition.space,
-                study_name=session.study.study_name, trial_number=number, proxy_value=trial.value))
+            searched = record.nfe_values or {}  # a multi-NFE trial: its proxy per NFE (its value: their mean ratio)
+            for k, result in zip(nfes, scored):  # one best-table row per NFE: `best --nfe K` finds the schedule
+                at_k = searched.get(str(k))
+                proxy_value = at_k[max(at_k, key=int)] if at_k else trial.value
+                provenance = {**schedule.provenance, "study": session.study.study_name, "trial": number,
+                              "validated": {"metric": session.proxy.config.metric, "value": result.value,
+                                            "n": result.n, "seeds": seeds, "extractor": result.extractor}}
+                stored = schedule.with_metadata(provenance=provenance, nfe=k)
+                session.store.record(Validation(
+                    model_name=session.adapter.name, weights_sha256=session.adapter.identity.sha256,
+                    sampler=schedule.sampler or session.definition.sampler, nfe=k,
+                    metric=session.proxy.config.metric, value=result.value, n=result.n, seeds=seeds,
+                    extractor=result.extractor, extractor_sha256=result.extractor_sha256,
+                    schedule_json=stored.to_json(), space=session.definition.space,
+                    study_name=session.study.study_name, trial_number=number, proxy_value=proxy_value))
         if on_done is not None and entry.value is not None:
             on_done(trial, entry.value)
         results.append({"trial": number, **entry.to_dict()})
     return results
+
+
+def _references(session: StudySession, nfes: tuple[int, ...], known: dict[int, float] | None) -> dict[int, float]:
+    """rho = 1 with the study's sampler on its default grid at ``final_n`` per NFE (multi-NFE studies only)."""
+    if len(nfes) == 1 or known is not None:
+        return known or {}
+    config = session.definition.search
+    identity = SkipSchedule.identity(len(session.adapter.skip_points))
+    return {k: session.proxy.evaluate(identity.with_metadata(sampler=session.definition.sampler, nfe=k),
+                                      rungs=[config.final_n], seed_offset=config.validation_seed_offset,
+                                      preview=0).value for k in nfes}

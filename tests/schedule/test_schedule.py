@@ -275,8 +275,9 @@ def _doc(**changes: Any) -> dict[str, Any]:
 MALFORMED: list[tuple[str, Any, str]] = [
     ("not-object", [1, 2, 3], "schedule document must be a JSON object, got list"),
     ("missing-schema", _doc(_del_schema=True), "schedule.schema: missing"),
-    ("schema-v2", _doc(schema="skipsearch.schedule/v2"),
-     "unsupported schedule schema 'skipsearch.schedule/v2'; this skipsearch reads skipsearch.schedule/v1"),
+    ("schema-v3", _doc(schema="skipsearch.schedule/v3"),
+     "unsupported schedule schema 'skipsearch.schedule/v3'; this skipsearch reads skipsearch.schedule/v2 and "
+     "skipsearch.schedule/v1"),
     ("unknown-field", _doc(sigma_bound=[1]), "schedule: unknown field 'sigma_bound'"),
     ("missing-rho", _doc(_del_rho=True), "schedule.rho: missing"),
     ("rho-not-list", _doc(rho=0.7), "schedule.rho: must be a non-empty 2-D list of numbers"),

@@ -14,14 +14,14 @@ from skipsearch.search.spaces import (
     baselines,
     get_space,
     paper_rho_bottom,
+    parse_space_name,
     space_names,
 )
 
 CTX = SpaceContext(num_skip_points=9, level_of_point=[0, 0, 0, 1, 1, 1, 2, 2, 2], num_steps=5)
 
 
-@pytest.mark.parametrize("name", [n for n in space_names() if not SPACES.get(n.split("+")[0]) or
-                                  not SPACES[n.split("+")[0]].finetune])
+@pytest.mark.parametrize("name", [n for n in space_names() if not SPACES[parse_space_name(n).base].finetune])
 def test_baselines_reproduce_their_schedules(name):
     space = get_space(name, CTX)
     for baseline in baselines(space, nfe=9):
