@@ -13,6 +13,16 @@ from skipsearch.schedule.validation import ScheduleError, float_for_json, fmt, p
 CHURN_NOISE = ("active", "every-step")
 
 
+def _check_block(cls: type, d: Any, where: str, expected: str) -> None:
+    """ScheduleError naming ``where`` unless ``d`` is an object whose keys are all fields of dataclass ``cls``."""
+    if not isinstance(d, Mapping):
+        raise ScheduleError(f"{where}: must be an object with {expected}, got {fmt(d)}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in d:
+        if key not in known:
+            raise ScheduleError(f"{where}: unknown field {fmt(key)} (known: {', '.join(sorted(known))})")
+
+
 @dataclass(frozen=True)
 class Churn:
     """EDM stochastic sampling strength (Karras et al. 2022, Alg. 2); the defaults mean deterministic sampling."""
@@ -57,12 +67,7 @@ class Churn:
     @classmethod
     def from_dict(cls, d: Any, where: str = "churn") -> Churn:
         """Parse a ``churn`` block; unknown or non-numeric fields raise ScheduleError naming ``where``."""
-        if not isinstance(d, Mapping):
-            raise ScheduleError(f"{where}: must be an object with s_churn, s_min, s_max, s_noise, got {fmt(d)}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in known:
-                raise ScheduleError(f"{where}: unknown field {fmt(key)} (known: {', '.join(sorted(known))})")
+        _check_block(cls, d, where, "s_churn, s_min, s_max, s_noise")
         values: dict[str, Any] = {key: value if key == "noise" else to_float(value, f"{where}.{key}")
                                   for key, value in d.items()}
         try:
@@ -176,12 +181,7 @@ class TimeGrid:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "grid") -> TimeGrid:
-        if not isinstance(d, Mapping):
-            raise ScheduleError(f"{where}: must be an object with kind and its parameters, got {fmt(d)}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in known:
-                raise ScheduleError(f"{where}: unknown field {fmt(key)} (known: {', '.join(sorted(known))})")
+        _check_block(cls, d, where, "kind and its parameters")
         values = dict(d)
         if isinstance(values.get("knots"), list):
             values["knots"] = tuple(values["knots"])
