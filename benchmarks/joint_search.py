@@ -25,7 +25,9 @@ from pathlib import Path
 
 MODELS = {"edm": ("edm", "heun"), "ddpm": ("diffusers:skipsearch/assets/ddpm_mnist", "ddim")}
 ARMS = {"rho": "per-level", "rho-sigma": "rho-sigma", "per-level-sigma": "per-level-sigma", "grid": "grid",
-        "sampler": "sampler", "joint": "joint", "random": "joint"}
+        "sampler": "sampler", "joint": "joint", "joint-rho-sigma": "rho-sigma+grid+sampler",
+        "joint-per-level": "per-level+grid+sampler", "random": "joint"}
+JOINT = ("joint", "joint-rho-sigma", "joint-per-level", "random")
 SINGLE = ("rho", "grid", "sampler")
 
 
@@ -78,7 +80,7 @@ def main() -> None:
             trials=args.trials * (args.random_factor if arm == "random" else 1),
             # churn is searched by the joint arms only: a single-factor arm changes its factor alone
             space_bounds=SpaceBounds(rho_min=args.rho_min, rho_max=args.rho_max, calibrate=False,
-                                     search_churn=arm in ("joint", "random")),
+                                     search_churn=arm in JOINT),
             proxy=ProxyConfig(rungs=rungs),
             search=SearchConfig(sampler="random" if arm == "random" else "tpe", seed=0, validate_top_k=0,
                                 warm_start=False),
@@ -170,7 +172,7 @@ def main() -> None:
                            "vs_untuned_ci": [low, high], "calls": result["calls"], "seconds": result["seconds"],
                            "proxy": result["proxy"], "what": describe(result["schedule"]),
                            "trials": args.trials * (args.random_factor if arm == "random" else 1)}
-                    if arm in ("joint", "random", "multi") and best_single is not None:
+                    if (arm in JOINT or arm == "multi") and best_single is not None:
                         d, lo, hi = paired_ci(feats, valid[best_single], ref)
                         row.update(vs_best_single=d, vs_best_single_ci=[lo, hi], best_single=best_single)
                     rows.append(row)

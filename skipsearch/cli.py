@@ -7,6 +7,7 @@ exit code 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -665,27 +666,50 @@ def _optimize_with_progress(definition, *, storage_url: str, device: str, export
             pass
         console.print("[yellow]stopping after the current trial (Ctrl-C again to abort now)[/yellow]")
 
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with interrupts_from_finalizers_redelivered():
+            result = run_definition(definition, storage_url=storage_url, device=str(dev), export=export,
+                                    workers=workers, ray_address=ray_address, on_trial=on_trial,
+                                    on_session=on_session, settings=settings,
+                                    on_validated=lambda t, v: console.print(f"validated trial {t.number}: {v:.4f}"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        progress.stop()
+    _print_result(definition, result, storage_url)
+
+
+@contextlib.contextmanager
+def interrupts_from_finalizers_redelivered(delay_s: float = 0.01):
+    """Re-raise in the main code a KeyboardInterrupt that Python would drop because it hit a finalizer."""
+    import signal
+
+    # A Ctrl-C whose handler runs inside a finalizer (SQLAlchemy's weakref callbacks, a __del__) is printed as
+    # "Exception ignored ... Traceback" and lost. Raising it again from the unraisable hook itself fails the same
+    # way (any handler triggered before the hook returns runs inside the hook), so a one-shot SIGALRM raises it
+    # once the hook has returned; if that lands in a finalizer too, the hook re-arms it.
+    armed = [False]
+
+    def on_alarm(_signum, _frame) -> None:
+        armed[0] = False
+        raise KeyboardInterrupt
+
     def on_unraisable(info) -> None:
-        # A Ctrl-C that lands in a finalizer (e.g. SQLAlchemy's weakref callbacks) would be printed as "Exception
-        # ignored ... Traceback" and lost: deliver it again to the main code instead.
-        if issubclass(info.exc_type, KeyboardInterrupt):
-            import _thread
-            _thread.interrupt_main()
+        if info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt):
+            armed[0] = True
+            signal.setitimer(signal.ITIMER_REAL, delay_s)
             return
         default_unraisable(info)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
     default_unraisable, sys.unraisablehook = sys.unraisablehook, on_unraisable
+    previous_alarm = signal.signal(signal.SIGALRM, on_alarm)
     try:
-        result = run_definition(definition, storage_url=storage_url, device=str(dev), export=export,
-                                workers=workers, ray_address=ray_address, on_trial=on_trial, on_session=on_session,
-                                on_validated=lambda t, v: console.print(f"validated trial {t.number}: {v:.4f}"),
-                                settings=settings)
+        yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if armed[0]:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_alarm)
         sys.unraisablehook = default_unraisable
-        progress.stop()
-    _print_result(definition, result, storage_url)
 
 
 def _print_result(definition, result, storage_url: str) -> None:

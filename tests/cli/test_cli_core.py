@@ -57,3 +57,28 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert_one_line_error(run_cli(capsys, "sample", "--schedule", tmp_path / "missing.json"), "not found")
     assert_one_line_error(run_cli(capsys, "sample", "--model", "edm-cifar10", "--checkpoint", tmp_path / "x.pkl"),
                           "not found")
+
+
+def test_ctrl_c_inside_a_finalizer_reaches_the_main_code(capsys):
+    import signal
+    import time
+
+    import pytest
+
+    from skipsearch.cli import interrupts_from_finalizers_redelivered
+
+    class RaisesCtrlCWhenCollected:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)  # Python's own handler raises KeyboardInterrupt here, in __del__
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), interrupts_from_finalizers_redelivered():
+            obj = RaisesCtrlCWhenCollected()
+            del obj
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                time.sleep(0.001)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "Traceback" not in capsys.readouterr().err
