@@ -8,6 +8,7 @@ exit code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -618,7 +619,6 @@ def optimize(ctx: typer.Context, model: str = ModelOpt, nfe: Optional[int] = typ
 def _optimize_with_progress(definition, *, storage_url: str, device: str, export: Optional[Path],
                             workers: Optional[int], ray_address: Optional[str], settings: Settings) -> None:
     """One rich progress line for the study; the first Ctrl-C stops after the current trial."""
-    import signal
 
     import optuna
     from optuna.trial import TrialState
@@ -682,8 +682,6 @@ def _optimize_with_progress(definition, *, storage_url: str, device: str, export
 @contextlib.contextmanager
 def interrupts_from_finalizers_redelivered(delay_s: float = 0.01):
     """Re-raise in the main code a KeyboardInterrupt that Python would drop because it hit a finalizer."""
-    import signal
-
     # A Ctrl-C whose handler runs inside a finalizer (SQLAlchemy's weakref callbacks, a __del__) is printed as
     # "Exception ignored ... Traceback" and lost. Raising it again from the unraisable hook itself fails the same
     # way (any handler triggered before the hook returns runs inside the hook), so a one-shot SIGALRM raises it
