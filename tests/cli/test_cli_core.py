@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
 
 import numpy as np
+import pytest
 from helpers.cli import assert_one_line_error, run_cli
 from PIL import Image
 
+from skipsearch.cli import interrupts_from_finalizers_redelivered
 from skipsearch.schedule import SkipSchedule
 
 
@@ -60,13 +64,6 @@ def test_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_ctrl_c_inside_a_finalizer_reaches_the_main_code(capsys):
-    import signal
-    import time
-
-    import pytest
-
-    from skipsearch.cli import interrupts_from_finalizers_redelivered
-
     class RaisesCtrlCWhenCollected:
         def __del__(self):
             signal.raise_signal(signal.SIGINT)  # Python's own handler raises KeyboardInterrupt here, in __del__
