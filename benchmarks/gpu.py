@@ -433,7 +433,7 @@ def _study_inputs(bench: Bench, key: str, net) -> StudyInputs:
 
 def _trial_figures(study) -> dict[str, Any]:
     """Counts, images sampled, and the trials' own span (first start to last completion)."""
-    from skipsearch.execution.local import trial_counts
+    from skipsearch.optimize import trial_counts
     done = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None and t.datetime_start]
     images = sum(max(t.intermediate_values) for t in done if t.intermediate_values)  # failed ones cost too
     span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds() \
@@ -445,7 +445,7 @@ def _trial_figures(study) -> dict[str, Any]:
 def _study(bench: Bench, key: str, inputs: StudyInputs) -> dict[str, Any]:
     import optuna
 
-    from skipsearch.search.session import open_session
+    from skipsearch.execution.session import open_session
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     definition = inputs.definition.override(name=f"gpubench-{key}-1proc")
     start = time.perf_counter()
@@ -464,7 +464,7 @@ def _workers(bench: Bench, key: str, inputs: StudyInputs) -> dict[str, Any]:
     """The same study on ``--workers`` Ray actors that share the GPU (fractional num_gpus), timed from the driver."""
     import optuna
 
-    from skipsearch.search.session import open_session
+    from skipsearch.execution.session import open_session
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         import ray  # noqa: F401

@@ -53,16 +53,15 @@ def main() -> None:
     import optuna
 
     from skipsearch.device import configure_cpu_threads, resolve_device
+    from skipsearch.execution.session import open_session
     from skipsearch.models import load_model
     from skipsearch.proxy.config import ProxyConfig
-    from skipsearch.proxy.metrics import fid
-    from skipsearch.proxy.stats import FeatureStats
-    from skipsearch.sampling.generate import generate
+    from skipsearch.proxy.paired import describe_schedule as describe
+    from skipsearch.proxy.paired import fid_of, paired_bootstrap, recipe_key, schedule_features
     from skipsearch.schedule import SkipSchedule
     from skipsearch.search.definition import SearchConfig, SpaceBounds, StudyDefinition
-    from skipsearch.search.records import TrialRecord
-    from skipsearch.search.session import open_session
     from skipsearch.settings import Settings
+    from skipsearch.store.records import TrialRecord
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     device = resolve_device(args.device)
@@ -104,38 +103,13 @@ def main() -> None:
 
     def features(adapter, proxy, schedule, nfe: int) -> np.ndarray:
         """Features of the validation images; arms that picked the same schedule share them (often a baseline)."""
-        if schedule is None:  # rho = 1: the study's sampler on the model's default grid
-            schedule = SkipSchedule.identity(len(adapter.skip_points)).with_metadata(sampler=proxy.sampler)
-        schedule = schedule.with_metadata(nfe=nfe, nfe_set=schedule.nfe_set if nfe in schedule.nfe_set else ())
-        sampler, _, options = proxy.recipe(schedule)
-        key = json.dumps([adapter.name, nfe, sampler, sorted(options.items()), schedule.rho.tolist(),
-                          list(schedule.sigma_bounds), schedule.churn.to_dict(), schedule.eps_scale,
-                          None if schedule.grid is None else schedule.grid.to_dict()], default=str)
+        key = recipe_key(proxy, schedule, nfe)  # None: rho = 1, the study's sampler on the model's default grid
         if key not in cache:
-            seeds = range(1_000_000, 1_000_000 + args.final_n)
-            images = generate(adapter, sampler=sampler, nfe=nfe, seeds=seeds, schedule=schedule, **options).images
-            cache[key] = proxy.extractor(images).double().cpu().numpy()
+            cache[key] = schedule_features(proxy, schedule, nfe, range(1_000_000, 1_000_000 + args.final_n))
         return cache[key]
 
-    def fid_of(feats: np.ndarray, ref, index=None) -> float:
-        chosen = feats if index is None else feats[index]
-        return fid(FeatureStats.from_features(chosen), ref)
-
     def paired_ci(a: np.ndarray, b: np.ndarray, ref) -> tuple[float, float, float]:
-        diffs = []
-        for _ in range(args.bootstrap):
-            index = rng.integers(0, len(a), len(a))
-            diffs.append(fid_of(a, ref, index) - fid_of(b, ref, index))
-        low, high = np.percentile(diffs, [2.5, 97.5])
-        return fid_of(a, ref) - fid_of(b, ref), float(low), float(high)
-
-    def describe(schedule) -> str:
-        grid = "default grid" if schedule.grid is None else schedule.grid.describe()
-        rho = "rho=1" if np.all(schedule.rho == 1) else f"rho {schedule.rho.min():.2f}-{schedule.rho.max():.2f}"
-        options = ",".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in schedule.sampler_options.items())
-        churn = f", churn {schedule.churn.s_churn:.1f}" if schedule.churn.s_churn else ""
-        return f"{schedule.sampler}{'(' + options + ')' if options else ''}, {grid}, {rho}{churn}"
+        return paired_bootstrap(a, b, ref, args.bootstrap, rng)
 
     model_names = [m for m in args.models.split(",") if m]
     with tempfile.TemporaryDirectory() as home:

@@ -11,9 +11,9 @@ import tempfile
 import optuna
 import torch
 
+from skipsearch.execution.session import open_session
 from skipsearch.proxy.config import ProxyConfig
 from skipsearch.search.definition import SearchConfig, StudyDefinition
-from skipsearch.search.session import open_session
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

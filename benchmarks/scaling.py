@@ -47,11 +47,11 @@ import torch
 
 from skipsearch.errors import SkipsearchError
 from skipsearch.execution.ray import run_on_ray
+from skipsearch.execution.session import open_session
 from skipsearch.search.definition import default_study
-from skipsearch.search.records import TrialRecord
-from skipsearch.search.session import FINISHED, open_session
 from skipsearch.settings import Settings
 from skipsearch.store import redact_url
+from skipsearch.store.records import FINISHED, TrialRecord
 
 STORAGES = ("sqlite", "postgres")
 RUNGS = (64, 128)

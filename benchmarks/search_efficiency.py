@@ -18,13 +18,13 @@ import numpy as np
 import optuna
 import torch
 
+from skipsearch.execution.session import make_pruner
 from skipsearch.models import load_model
 from skipsearch.proxy.config import ProxyConfig
 from skipsearch.proxy.fid_proxy import FidProxy
 from skipsearch.schedule import SkipSchedule
 from skipsearch.search.definition import SearchConfig
 from skipsearch.search.objective import Objective
-from skipsearch.search.session import make_pruner
 from skipsearch.search.spaces import SearchSpace, SpaceContext
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -31,10 +31,10 @@ def main() -> None:
     import optuna
 
     from skipsearch.device import configure_cpu_threads, resolve_device
+    from skipsearch.execution.session import open_session
     from skipsearch.models import load_model
     from skipsearch.sampling.batching import batch_size_for
     from skipsearch.search.definition import default_study
-    from skipsearch.search.session import open_session
     from skipsearch.settings import Settings
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A headless browser for tests/export/test_browser.py (selenium drives Debian's chromium through chromedriver; the
-# test starts its own dashboard). Installs Debian's packages only when either binary is missing; quiet, safe to run
-# again, and never fails the run: where they cannot be installed the browser test skips and says why.
+# test starts its own dashboard). Installs Debian's packages only when either binary is missing; quiet and safe to run
+# again. Exits non-zero when the binaries are missing and cannot be installed: CI (.ci/run) stops there rather than
+# pass with the browser test skipped. scripts/test.sh goes on with a warning outside CI, where the test skips.
 set -uo pipefail
 
 have_browser() {
@@ -9,33 +10,31 @@ have_browser() {
         command -v chromedriver >/dev/null 2>&1
 }
 
+fail() {
+    echo "ci_browser: $*" >&2
+    exit 1
+}
+
 if have_browser; then
     exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "ci_browser: no chromium/chromedriver and no apt-get; the browser test will be skipped" >&2
-    exit 0
+    fail "no chromium/chromedriver and no apt-get to install them"
 fi
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
-    if ! command -v sudo >/dev/null 2>&1; then
-        echo "ci_browser: no chromium/chromedriver and not root (no sudo); the browser test will be skipped" >&2
-        exit 0
-    fi
+    command -v sudo >/dev/null 2>&1 || fail "no chromium/chromedriver and not root (no sudo) to install them"
     sudo="sudo -n"
 fi
 export DEBIAN_FRONTEND=noninteractive
 log=$(mktemp)
-# apt's chatter is shown only when it fails, and a failure is a warning: the test skips with the reason.
+# apt's chatter is shown only when it fails.
 if ! { $sudo apt-get update -qq &&
         $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver; } >"$log" 2>&1; then
     tail -n 20 "$log" >&2
     rm -f "$log"
-    echo "ci_browser: installing chromium chromium-driver failed; the browser test will be skipped" >&2
-    exit 0
+    fail "installing chromium chromium-driver failed"
 fi
 rm -f "$log"
-if ! have_browser; then
-    echo "ci_browser: chromium or chromedriver still missing; the browser test will be skipped" >&2
-fi
+have_browser || fail "chromium or chromedriver still missing after installing chromium chromium-driver"
 exit 0

@@ -7,11 +7,15 @@ import os
 import shutil
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from skipsearch.errors import SkipsearchError
+
+if TYPE_CHECKING:
+    from skipsearch.settings import Settings
 
 MNIST_FILES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -28,12 +32,23 @@ class DatasetError(SkipsearchError, RuntimeError):
     """A data set cannot be found or read; the message says how to provide it."""
 
 
-def mnist_root(root: str | os.PathLike | None = None) -> Path:
-    """The folder holding ``MNIST/raw``: the argument, ``Settings.mnist`` (``$SKIPSEARCH_MNIST``),
-    ../shared/data/mnist, or the cache."""
-    from skipsearch.settings import Settings
-    settings = Settings.from_env()
-    candidates = [root] if root is not None else [settings.mnist, _SHARED_MNIST, settings.cache / "mnist"]
+def mnist_root(root: str | os.PathLike | None = None, settings: Settings | None = None) -> Path:
+    """The folder holding ``MNIST/raw``: the argument, ``settings.mnist`` (``$SKIPSEARCH_MNIST``: when set, that
+    folder or a one-line error, never another copy), ../shared/data/mnist, or ``<settings.cache>/mnist``.
+
+    The stages pass their ``settings``; without them (a script's call) the environment is read now
+    (``Settings.from_env()``).
+    """
+    if settings is None:
+        from skipsearch.settings import Settings
+        settings = Settings.from_env()
+    if root is None and settings.mnist is not None:  # chosen: never another copy in its place
+        if not settings.mnist.is_dir():
+            what = "is not a folder" if settings.mnist.exists() else "does not exist"
+            raise DatasetError(f"SKIPSEARCH_MNIST={settings.mnist} {what}; point it at the folder that contains "
+                               "MNIST/raw (an empty folder is filled when online), or unset it")
+        return settings.mnist  # load_mnist downloads into it when online, else says the files are missing
+    candidates = [root] if root is not None else [_SHARED_MNIST, settings.cache / "mnist"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "MNIST" / "raw" / MNIST_FILES["train", "images"]).exists():
             return Path(candidate)
@@ -69,12 +84,13 @@ def download_mnist(root: Path) -> None:
         (raw / f"{name}.part").rename(raw / name)
 
 
-def load_mnist(split: str = "train", root: str | os.PathLike | None = None,
-               download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST as (uint8 images [N,1,28,28], int64 labels [N])."""
+def load_mnist(split: str = "train", root: str | os.PathLike | None = None, download: bool = True, *,
+               settings: Settings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST as (uint8 images [N,1,28,28], int64 labels [N]), from :func:`mnist_root` (``settings``: where to look;
+    None reads the environment)."""
     if split not in ("train", "test"):
         raise DatasetError(f"unknown MNIST split {split!r}; use 'train' or 'test'")
-    base = mnist_root(root)
+    base = mnist_root(root, settings)
     raw = base / "MNIST" / "raw"
     if not (raw / MNIST_FILES[split, "images"]).exists():
         if not download:

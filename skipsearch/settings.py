@@ -40,6 +40,19 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _positive_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    text = environ.get(PREFIX + name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise SettingsError(f"{PREFIX}{name}={text!r} must be a positive number of seconds")
+    return value
+
+
 def _flag(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(PREFIX + name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
@@ -60,6 +73,7 @@ class Settings:
     fid_ref: Path | None = None  # EDM-style reference .npz (SKIPSEARCH_FID_REF)
     offline: bool = False  # never download (SKIPSEARCH_OFFLINE)
     heartbeat_seconds: int = 10  # trial heartbeat (SKIPSEARCH_HEARTBEAT_SECONDS)
+    lock_timeout: float = 30.0  # seconds to wait for a SQLite file another process locked (SKIPSEARCH_LOCK_TIMEOUT)
     s2dm_steps: int = 200  # S²-DM fine-tuning steps per trial (SKIPSEARCH_S2DM_STEPS)
     s2dm_segments: int = 4  # proxy evaluations per fine-tuning trial (SKIPSEARCH_S2DM_SEGMENTS)
     s2dm_batch: int = 32  # fine-tuning batch (SKIPSEARCH_S2DM_BATCH)
@@ -82,6 +96,7 @@ class Settings:
             fid_ref=_path(env, "FID_REF"),
             offline=_flag(env, "OFFLINE"),
             heartbeat_seconds=_positive_int(env, "HEARTBEAT_SECONDS", defaults.heartbeat_seconds),
+            lock_timeout=_positive_seconds(env, "LOCK_TIMEOUT", defaults.lock_timeout),
             s2dm_steps=_positive_int(env, "S2DM_STEPS", defaults.s2dm_steps),
             s2dm_segments=_positive_int(env, "S2DM_SEGMENTS", defaults.s2dm_segments),
             s2dm_batch=_positive_int(env, "S2DM_BATCH", defaults.s2dm_batch),

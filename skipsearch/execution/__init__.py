@@ -1,1 +1,2 @@
-"""Stage 7, execution: trials in this process (``local``) or on Ray worker actors (``ray``)."""
+"""How trials run: the study session and its loop (this process), the study-wide budget, batches of trials, Ray
+workers, and Ctrl-C/SIGTERM during a run."""

@@ -6,7 +6,7 @@ Optuna does the coordination (a shared RDB study, ``constant_liar`` TPE, pruning
 only places and restarts the workers, so Ray Tune is not used (its Optuna integration disables pruning).
 
 A worker that dies mid-trial leaves that trial RUNNING; once its heartbeat is stale it is failed and the retry
-callback enqueues its parameters once (see :func:`skipsearch.search.session.optuna_storage`). The driver counts such
+callback enqueues its parameters once (see :func:`skipsearch.execution.budget.trial_storage`). The driver counts such
 orphaned trials against the budget until then, so the study ends with exactly its trial count and nothing RUNNING.
 Workers the driver kills (Ctrl-C, an error) have their trials failed and queued again at once.
 
@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -28,12 +30,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from skipsearch.errors import SkipsearchError
-from skipsearch.search.budget import FINISHED, count_finished, fail_and_requeue
+from skipsearch.execution.budget import fail_and_requeue
+from skipsearch.execution.errors import WorkersError
+from skipsearch.execution.session import StudySession, open_session
+from skipsearch.schedule import SkipSchedule
 from skipsearch.search.definition import StudyDefinition
-from skipsearch.search.records import TrialRecord
-from skipsearch.search.session import StudySession, open_session
+from skipsearch.search.objective import TRIAL_FAILURES
 from skipsearch.settings import Settings
+from skipsearch.store.records import FINISHED, TrialRecord, count_finished
 
 __all__ = ["WORKER_ATTR", "TrialWorker", "WorkersError", "check_address", "run_on_ray"]
 
@@ -43,23 +47,24 @@ POLL_SECONDS = 1.0  # also bounds how long a second Ctrl-C waits: signal handler
 START_POLL_SECONDS = 0.05  # SQLite: how often to look whether a worker's trial has started (see _drive)
 # Per worker: Ray restarts a dead actor (the model is reloaded); its lost trial is retried via the heartbeat.
 MAX_RESTARTS = 2
+# A step that runs no trial while the study has budget is a race at most once or twice; this many in a row per
+# worker, with nothing finishing, means the workers cannot run this study's trials: stop with one line.
+IDLE_STEPS_PER_WORKER = 5
 WORKER_ATTR = "worker"  # TrialRecord.worker: "host:pid:suffix" of the worker process running it
-
-
-class WorkersError(SkipsearchError, RuntimeError):
-    """The Ray workers cannot run the study (cluster unreachable, every worker dead); one line, no URL secrets."""
 
 
 class TrialWorker:
     """One worker (a Ray actor): the session is opened once, ``step`` runs one trial of the shared study."""
 
-    def __init__(self, definition: StudyDefinition, storage_url: str, device: str, threads: int | None = 1,
-                 settings: Settings | None = None) -> None:
+    def __init__(self, definition: StudyDefinition, study_name: str, storage_url: str, device: str,
+                 threads: int | None = 1, settings: Settings | None = None) -> None:
         import torch
         if threads:
             torch.set_num_threads(threads)  # one CPU slot per worker: more threads would oversubscribe the node
-        # The study exists already: load_if_exists joins it; sampler and pruner are rebuilt in this process.
-        self.session = open_session(definition, storage_url=storage_url, device=device, settings=settings)
+        # The driver named and created the study: join it by that name (re-deriving the name from a definition
+        # could differ, e.g. once calibration replaced the rho bounds). The driver calibrates, on the workers.
+        self.session = open_session(definition, storage_url=storage_url, device=device, settings=settings,
+                                    study_name=study_name, calibrate=False)
 
     def tag(self) -> str:
         """The name this process writes on the trials it runs (TrialRecord.worker)."""
@@ -68,8 +73,14 @@ class TrialWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def score(self, schedules: list[SkipSchedule | None], n: int) -> list[float | None]:
+        """The proxy at ``n`` images for each schedule (None where it fails): the calibration sweep's share."""
+        return [_score(self.session, schedule, n) for schedule in schedules]
+
     def step(self) -> int | None:
         """Run one trial unless the study-wide budget is spent; its number, or None when nothing ran."""
+        if not self.session.refresh_calibration():
+            raise WorkersError("the study's rho bounds are not calibrated yet; the driver calibrates first")
         if self.session.remaining() <= 0:
             return None
         ran: list[int] = []
@@ -94,8 +105,10 @@ class _Slot:
 
 def _first_line(exc: BaseException) -> str:
     """The exception's own last line (Ray wraps the remote traceback around it)."""
+    if type(exc).__name__ == "OutOfMemoryError":  # Ray's memory monitor: a page of advice after the reason
+        return "Ray killed the worker: the node ran low on memory"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    return lines[-1][:300] if lines else type(exc).__name__
 
 
 def _connect(ray: Any, address: str | None, workers: int, gpus: bool) -> bool:
@@ -109,6 +122,9 @@ def _connect(ray: Any, address: str | None, workers: int, gpus: bool) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         _check_reachable(address)
+    # ray.init installs its own SIGTERM handler (exit 15, no cleanup): the caller's stays, so a SIGTERM fails
+    # and requeues the running trials like a Ctrl-C.
+    sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         if address:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
@@ -121,6 +137,9 @@ def _connect(ray: Any, address: str | None, workers: int, gpus: bool) -> bool:
     except Exception as exc:  # ConnectionError, RuntimeError, grpc errors: one line for the CLI
         where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
         raise WorkersError(f"cannot start or join {where}: {_first_line(exc)}") from None
+    finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     return True
 
 
@@ -177,9 +196,14 @@ def _worker_options(ray: Any, workers: int, settings: Settings) -> tuple[dict[st
 
 
 def run_on_ray(session: StudySession, *, workers: int, address: str | None = None,
-               on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> bool:
+               on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+               prepare: Callable[[Callable[[list[SkipSchedule | None]], list[float | None]]], None] | None = None
+               ) -> bool:
     """Run the session's study to its budget on ``workers`` Ray actors; True when interrupted.
 
+    Every actor joins the driver's study by its name. ``prepare(evaluate_many)`` runs once the actors are up and
+    before any trial: the driver calibrates the rho bounds with ``evaluate_many`` spreading the sweep over the
+    workers, then enqueues the baselines (see :func:`skipsearch.optimize.run_definition`).
     ``session.interrupted`` (set by the CLI's first Ctrl-C) stops handing out trials and lets the running ones
     finish; a KeyboardInterrupt kills the workers at once (their trials are failed, their parameters queued again).
     ``on_trial(study, last_finished_trial)`` is called from the driver whenever the finished count grows.
@@ -194,9 +218,12 @@ def run_on_ray(session: StudySession, *, workers: int, address: str | None = Non
         options, device, threads = _worker_options(ray, workers, session.settings)
         remote = ray.remote(TrialWorker)
         for _ in range(workers):
-            actor = remote.options(**options).remote(session.definition, session.storage_url, device, threads,
-                                                     session.settings)
+            actor = remote.options(**options).remote(session.requested, session.study.study_name,
+                                                     session.storage_url, device, threads, session.settings)
             slots.append(_Slot(actor))
+        if prepare is not None:
+            n = session.definition.space_bounds.calibrate_n
+            prepare(lambda schedules: _score_on_workers(ray, session, slots, schedules, n))
         return _drive(ray, session, slots, lost, on_trial)
     except KeyboardInterrupt:
         return True
@@ -212,6 +239,34 @@ def run_on_ray(session: StudySession, *, workers: int, address: str | None = Non
             log.warning("could not fail the killed workers' trials now (%s); the next run will", _first_line(exc))
         if connected:
             ray.shutdown()  # stops a runtime we started; only disconnects from a cluster we joined
+
+
+def _score_on_workers(ray: Any, session: StudySession, slots: list[_Slot], schedules: list[SkipSchedule | None],
+                      n: int) -> list[float | None]:
+    """The calibration sweep's schedules, dealt out over the workers; a share whose worker fails to start or dies
+    is scored here instead, so a sick cluster slows the sweep but cannot change it."""
+    values: list[float | None] = [None] * len(schedules)
+    shares = [list(range(i, len(schedules), len(slots))) for i in range(len(slots))]
+    calls = [(slot.actor.score.remote([schedules[i] for i in share], n), share)
+             for slot, share in zip(slots, shares) if share]
+    for call, share in calls:
+        try:
+            scored = ray.get(call)
+        except ray.exceptions.RayError as exc:
+            log.warning("a Ray worker could not score its share of the calibration (%s); scoring it here",
+                        _first_line(exc))
+            scored = [_score(session, schedules[i], n) for i in share]
+        for i, value in zip(share, scored):
+            values[i] = value
+    return values
+
+
+def _score(session: StudySession, schedule: SkipSchedule | None, n: int) -> float | None:
+    """The proxy at ``n`` images (calibration), None where the schedule fails."""
+    try:
+        return session.proxy.evaluate(schedule, rungs=[n], preview=0).value
+    except TRIAL_FAILURES:
+        return None
 
 
 def _kill(ray: Any, actors: list[Any], timeout: float = 15.0) -> None:
@@ -238,6 +293,7 @@ def _drive(ray: Any, session: StudySession, slots: list[_Slot], lost: dict[str, 
     # next call goes out once the previous worker's trial is RUNNING under its name. PostgreSQL locks the row.
     one_start = session.storage_url.startswith("sqlite")
     reported = count_finished(study)
+    idle_steps = 0  # steps in a row that ran no trial while this study had budget: workers on another study
     stale_checked = waiting_since = 0.0
     warned = False
     # As optuna_storage: a trial is stale 3 heartbeats after its last one.
@@ -297,13 +353,18 @@ def _drive(ray: Any, session: StudySession, slots: list[_Slot], lost: dict[str, 
             ready = set(ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=True)[0])
             for slot in live:
                 if slot.call is not None and slot.call in ready:
-                    _collect_step(ray, slot, lost)
+                    idle_steps = 0 if _collect_step(ray, slot, lost) is not None else idle_steps + 1
                 if slot.probe is not None and slot.probe in ready:
                     _collect_probe(ray, slot)
         else:
             time.sleep(timeout)
         finished = count_finished(study)
+        if idle_steps >= IDLE_STEPS_PER_WORKER * len(slots) and finished == reported and session.remaining() > 0:
+            raise WorkersError(f"the Ray workers ran no trial in their last {idle_steps} calls while study "
+                               f"{study.study_name!r} has {session.remaining()} trial(s) left; the study is saved: "
+                               "run the same command again to resume")
         if finished != reported:
+            idle_steps = 0
             reported = finished
             last = _last_finished(study)
             if on_trial is not None and last is not None:
@@ -316,24 +377,29 @@ def _collect_probe(ray: Any, slot: _Slot) -> None:
         slot.tag = ray.get(probe)
     except ray.exceptions.ActorUnavailableError:  # restarting (reloading the model): ask again shortly
         slot.probe_after = time.monotonic() + POLL_SECONDS
-    except ray.exceptions.RayActorError as exc:  # its constructor failed, or Ray has given up restarting it
-        slot.dead, slot.last_error = True, _first_line(exc)[:300]
+    except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as exc:
+        # Its constructor failed, Ray has given up restarting it, or killed it for memory.
+        slot.dead, slot.last_error = True, _first_line(exc)
 
 
-def _collect_step(ray: Any, slot: _Slot, lost: dict[str, float]) -> None:
-    """The result of a step: fine, a lost actor (Ray restarts it; its trial is retried), or an error (re-raised)."""
+def _collect_step(ray: Any, slot: _Slot, lost: dict[str, float]) -> int | None:
+    """The result of a step: the trial it ran (None: none), a lost actor (Ray restarts it; its trial is retried;
+    -1), or an error (re-raised)."""
     call, slot.call = slot.call, None
     try:
-        ray.get(call)
-    except ray.exceptions.RayActorError as exc:
+        return ray.get(call)
+    except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as exc:
         if slot.tag:
             lost[slot.tag] = time.monotonic()
-        if isinstance(exc, ray.exceptions.ActorUnavailableError):  # the process died; Ray is restarting the actor
-            log.warning("Ray worker %s died during a trial; it is restarted and the trial retried", slot.tag)
+        if not isinstance(exc, ray.exceptions.RayActorError) or isinstance(
+                exc, ray.exceptions.ActorUnavailableError):  # the process died; Ray is restarting the actor
+            log.warning("Ray worker %s died during a trial (%s); it is restarted and the trial retried", slot.tag,
+                        _first_line(exc))
         else:  # init failed or the restarts are spent
-            slot.dead, slot.last_error = True, _first_line(exc)[:300]
+            slot.dead, slot.last_error = True, _first_line(exc)
             log.warning("Ray worker %s is gone (%s)", slot.tag, slot.last_error)
         slot.tag = None  # probed again: a restarted actor is another process
+        return -1
     except ray.exceptions.RayTaskError as exc:
         # An error outside the trial failures the objective records (a bug, a lost database): as without Ray.
         raise (exc.cause if isinstance(exc.cause, BaseException) else exc) from None

@@ -33,10 +33,10 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from skipsearch.errors import SkipsearchError
+from skipsearch.errors import SkipsearchError, UsageError
 from skipsearch.export.review import COMMENT_KEY, VERDICT_KEY
-from skipsearch.search.session import artifact_dir, optuna_storage
 from skipsearch.settings import Settings
+from skipsearch.store.studies import artifact_dir, optuna_storage
 
 __all__ = ["DashboardGuard", "make_server", "serve"]
 
@@ -58,8 +58,9 @@ class DashboardGuard:
     """WSGI middleware around optuna-dashboard's bottle app; the module docstring lists what it lets through."""
 
     def __init__(self, app: Any, *, host: str, port: int, storage: Any, storage_url: str,
-                 allow_writes: bool = False) -> None:
+                 allow_writes: bool = False, lock_timeout: float | None = None) -> None:
         self.app, self.storage, self.storage_url, self.allow_writes = app, storage, storage_url, allow_writes
+        self.lock_timeout = lock_timeout  # the server's settings.lock_timeout, for the best table
         self.set_address(host, port)
 
     def set_address(self, host: str, port: int) -> None:
@@ -70,6 +71,9 @@ class DashboardGuard:
             self.hosts |= {name.lower() for name in names}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        # optuna-dashboard reads request.headers["Accept-Encoding"] (static files, favicon): a client that sends
+        # none (curl, scripts) would get a 500 and a traceback in the log. No header means identity (RFC 9110).
+        environ.setdefault("HTTP_ACCEPT_ENCODING", "identity")
         host = environ.get("HTTP_HOST", "").strip().lower()
         if host not in self.hosts:
             shown = repr(host) if host else "(none)"
@@ -121,7 +125,7 @@ class DashboardGuard:
             name = self.storage.get_study_name_from_id(study_id)
         except KeyError:
             return None  # the dashboard answers 404
-        with BestStore(self.storage_url) as store:
+        with BestStore(self.storage_url, lock_timeout=self.lock_timeout) as store:
             rows = [row for row in store.best() if row.study_name == name]
         if not rows:
             return None
@@ -179,9 +183,36 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
+def check_address(host: str, port: int, *, public: bool = False) -> str | None:
+    """Refuse (one line) an address that is not an IP, is taken, or is off loopback without ``public``; for a
+    public one, the warning to show."""
+    import ipaddress
+    import socket
+    loopback = host == "localhost"
+    if host != "localhost":
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise UsageError(f"--host {host!r} is not an IP address (use 127.0.0.1)") from None
+        loopback = ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+    exposed = (f"--host {host} makes the dashboard reachable from the network: it has no login, and writes are "
+               f"guarded only by the Host/Origin checks")
+    if not loopback and not public:
+        raise UsageError(f"{exposed}; add --public to serve there anyway, or use --host 127.0.0.1")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return None if loopback else exposed
+
+
 def make_server(storage_url: str, host: str = "127.0.0.1", port: int = 8080, settings: Settings | None = None,
                 allow_writes: bool = False) -> WSGIServer:
-    """The bound (not yet serving) wsgiref server: ``serve_forever()``, then ``shutdown()`` and ``server_close()``."""
+    """The bound (not yet serving) wsgiref server: ``serve_forever()``, then ``shutdown()`` and ``server_close()``.
+
+    ``settings``: the caller's (the CLI's); without them the environment is read here (``Settings.from_env()``).
+    """
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import wsgi
     settings = settings or Settings.from_env()
@@ -191,14 +222,14 @@ def make_server(storage_url: str, host: str = "127.0.0.1", port: int = 8080, set
     app = wsgi(storage, artifact_store=FileSystemArtifactStore(str(folder)))
     server = (_Server6 if ":" in host else _Server)((host, port), _QuietHandler)
     guard = DashboardGuard(app, host=host, port=server.server_port, storage=storage, storage_url=storage_url,
-                           allow_writes=allow_writes)
+                           allow_writes=allow_writes, lock_timeout=settings.lock_timeout)
     server.set_app(guard)
     return server
 
 
 def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080, settings: Settings | None = None,
           allow_writes: bool = False) -> None:
-    """Blocking: serves until interrupted."""
+    """Blocking: serves until interrupted (``settings``: as :func:`make_server`)."""
     server = make_server(storage_url, host, port, settings, allow_writes=allow_writes)
     try:
         server.serve_forever()

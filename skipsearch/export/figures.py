@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from skipsearch.errors import SkipsearchError
+from skipsearch.export.errors import FigureError
 from skipsearch.export.images import image_grid
 from skipsearch.schedule import SkipSchedule
 
@@ -27,10 +27,6 @@ __all__ = ["FigureError", "interval_labels", "rho_heatmap", "rho_heatmap_figure"
            "side_by_side_figure"]
 
 DPI = 100
-
-
-class FigureError(SkipsearchError, ValueError):
-    """Inputs a figure cannot show (the message names the argument)."""
 
 
 def interval_labels(sigma_bounds: Sequence[float]) -> list[str]:

@@ -9,6 +9,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+MAX_GRID_SIDE = 65535  # pixels a side of a PNG grid: what common image viewers and libraries still open
+
+
+def grid_size(n: int, image_shape: tuple[int, ...], nrow: int | None = None, padding: int = 2,
+              scale: int = 1) -> tuple[int, int]:
+    """(height, width) in pixels of the grid :func:`save_grid` writes for ``n`` images of ``image_shape`` (C, H, W),
+    computed without the images (a size check before sampling)."""
+    _, h, w = image_shape
+    nrow = nrow or (math.isqrt(n - 1) + 1 if n > 1 else 1)  # ceil(sqrt(n)) as image_grid, exact for any n
+    rows = -(-n // nrow)
+    return (rows * (h + padding) + padding) * scale, (nrow * (w + padding) + padding) * scale
+
 
 def image_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:
     """uint8 [N,C,H,W] -> one uint8 HxWxC (or HxW) array laid out row by row."""

@@ -1,7 +1,7 @@
 """The study note optuna-dashboard shows on a study's page (Markdown): what was searched, within which bounds and
 budget, what validation found and by how much it beat rho = 1, where the winner was exported, where to give verdicts.
 
-Written at the end of every run (:func:`skipsearch.execution.local.run_definition`); each run saves a new version.
+Written at the end of every run (:func:`skipsearch.optimize.run_definition`); each run saves a new version.
 """
 
 from __future__ import annotations
@@ -11,15 +11,30 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from skipsearch.search.records import StudyRecord, TrialRecord, review_study_name
+from skipsearch.store.records import StudyRecord, TrialRecord, review_study_name
 
 if TYPE_CHECKING:
-    from skipsearch.search.session import StudySession
+    import optuna
+
+    from skipsearch.models import SkipAdapter
+    from skipsearch.search.definition import StudyDefinition
+    from skipsearch.search.spaces import SearchSpace
     from skipsearch.store import BestRow
+    from skipsearch.store.records import Calibration
+
+
+class StudySession(Protocol):
+    """What the note reads of :class:`skipsearch.execution.session.StudySession` (execution imports export)."""
+
+    definition: StudyDefinition
+    adapter: SkipAdapter
+    space: SearchSpace
+    study: optuna.Study
+    calibration: Calibration | None
 
 
 class OptimizeResult(Protocol):
-    """What the note reads of :class:`skipsearch.execution.local.OptimizeResult` (execution imports export, not
+    """What the note reads of :class:`skipsearch.optimize.OptimizeResult` (execution imports export, not
     the other way round)."""
 
     counts: dict[str, int]
@@ -97,7 +112,7 @@ def study_note_markdown(session: StudySession, result: OptimizeResult) -> str:
               f"fresh seeds (from {d.search.validation_seed_offset})", "", "### Validated"]
     rows = _validated_rows(session, result)
     if rows:
-        untuned = next((r["value"] for r in rows if str(r.get("baseline", "")).startswith("untuned")
+        untuned = next((r["value"] for r in rows if r.get("baseline_kind") == "untuned"
                         and r.get("value") is not None), None)
         best = result.best
         lines += [f"| trial | label | proxy | validated {metric} | n | vs untuned |", "|---|---|---|---|---|---|"]

@@ -12,8 +12,8 @@ import optuna
 import pandas as pd
 
 from skipsearch.export.report_html import write_index
-from skipsearch.search.records import StudyRecord, TrialRecord
 from skipsearch.store import BestStore
+from skipsearch.store.records import StudyRecord, TrialRecord
 
 if TYPE_CHECKING:
     from skipsearch.settings import Settings

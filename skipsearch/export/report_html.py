@@ -18,8 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from skipsearch.errors import SkipsearchError
 from skipsearch.export.figures import render, rho_heatmap
-from skipsearch.search.records import StudyRecord, TrialRecord, Validated
 from skipsearch.store import BestKey, BestStore
+from skipsearch.store.records import StudyRecord, TrialRecord, Validated
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -182,7 +182,7 @@ def image_grids(adapter: SkipAdapter, definition: dict[str, Any], best: FrozenTr
     from skipsearch.search.spaces import paper_rho_bottom
 
     nfe, sampler = int(definition["nfe"]), str(definition["sampler"])
-    paper_trial = next((t for t in trials if "paper recipe" in (TrialRecord.read(t).baseline or "")
+    paper_trial = next((t for t in trials if TrialRecord.read(t).baseline_kind == "paper"
                         and TrialRecord.read(t).schedule), None)
     choices: list[tuple[str, Any]] = []
     if best is None or not TrialRecord.read(best).schedule:
@@ -285,6 +285,19 @@ def _param_ranges(trials: Sequence[FrozenTrial]) -> str:
     return "; ".join(ranges[k] for k in sorted(ranges)) or "none"
 
 
+def frontier_section(store: BestStore, definition: dict[str, Any], output: Path,
+                     note: Callable[[str], None]) -> str:
+    """The NFE frontier of the study's model when the store holds one ('skipsearch frontier'); else ""."""
+    from skipsearch.export.frontier import report_section
+    if not definition.get("model") or not definition.get("weights_sha256"):
+        return ""
+    try:
+        return report_section(store.url, definition["model"], definition["weights_sha256"], output)
+    except SkipsearchError as exc:
+        note(f"no NFE frontier section: {exc}")
+        return ""
+
+
 def write_index(study: optuna.Study, store: BestStore, output: Path, *, images: bool = True, device: str = "auto",
                 settings: Settings | None = None, extra: Sequence[str] = (),
                 on_note: Callable[[str], None] | None = None) -> list[Path]:
@@ -344,7 +357,7 @@ def write_index(study: optuna.Study, store: BestStore, output: Path, *, images: 
     counts = (f"{len(states)} ({states.count(TrialState.COMPLETE)} complete, {states.count(TrialState.PRUNED)} "
               f"pruned, {states.count(TrialState.FAIL)} failed"
               + (f", {states.count(TrialState.RUNNING)} running" if TrialState.RUNNING in states else "") + ")")
-    from skipsearch.search.budget import count_finished
+    from skipsearch.store.records import count_finished
     used = count_finished(study)
     budget = (f"{used} of {definition['trials']} trials used" if definition.get("trials")
               else f"{used} trials used (the study does not record its budget)")
@@ -403,6 +416,7 @@ def write_index(study: optuna.Study, store: BestStore, output: Path, *, images: 
     else:
         grids_html = f'<p class="note">{esc(grid_note)}</p>'
 
+    frontier_html = frontier_section(store, definition, output, note)
     best_text = "none" if best is None else f"trial {best.number}" + (
         f" ({TrialRecord.read(best).baseline})" if TrialRecord.read(best).baseline else "")
     extra_html = "".join(_img(name, name) for name in extra if (output / name).is_file())
@@ -413,6 +427,7 @@ def write_index(study: optuna.Study, store: BestStore, output: Path, *, images: 
 {header_html}
 <h2>Validated trials</h2>
 {validated_html}
+{frontier_html}
 <h2>Best trial: {esc(best_text)}</h2>
 {heatmap}
 <h2>Images: best vs rho = 1 vs paper recipe</h2>

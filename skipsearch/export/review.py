@@ -27,9 +27,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from skipsearch.search.records import StudyRecord, TrialRecord, review_study_name
+from skipsearch.proxy.config import metric_spec
 from skipsearch.settings import Settings
 from skipsearch.store import BestRow, BestStore, redact_url
+from skipsearch.store.records import StudyRecord, TrialRecord, review_study_name
 
 __all__ = ["ACCEPT", "REJECT", "Choice", "Verdict", "choose", "honour_verdicts", "open_review", "rejected_keys",
            "review_study_name", "verdicts"]
@@ -80,6 +81,8 @@ def open_review(study: optuna.Study, storage_url: str, artifact_store: Any | Non
 
     Idempotent: a candidate that already has a review trial is left alone (its verdict too); only new candidates
     get one. Processes finishing the same study together take the study lock, so none is added twice.
+    ``settings`` (artifacts folder, lock timeout): the caller's; without them the environment is read here
+    (``Settings.from_env()``).
     """
     from optuna_dashboard import register_user_attr_form_widgets, save_note
 
@@ -89,7 +92,8 @@ def open_review(study: optuna.Study, storage_url: str, artifact_store: Any | Non
     candidates = {n: v for n, v in StudyRecord(study).validated().items() if v.value is not None}
     if not candidates and name not in optuna.get_all_study_names(study._storage):
         return name  # nothing to review yet: no empty study in the dashboard's list
-    engine = connect(storage_url)
+    settings = settings if settings is not None else Settings.from_env()
+    engine = connect(storage_url, lock_timeout=settings.lock_timeout)
     try:
         with study_lock(engine, f"{study.study_name}:review"):
             review = optuna.create_study(study_name=name, storage=study._storage, load_if_exists=True)
@@ -174,10 +178,10 @@ def _copy_artifacts(source: optuna.trial.FrozenTrial, target: int, storage: Any,
     return copied
 
 
-def _artifact_store(storage_url: str, settings: Settings | None) -> Any:
+def _artifact_store(storage_url: str, settings: Settings) -> Any:
     from optuna.artifacts import FileSystemArtifactStore
 
-    from skipsearch.search.session import artifact_dir
+    from skipsearch.store.studies import artifact_dir
     folder = artifact_dir(storage_url, settings)
     folder.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(folder))
@@ -198,7 +202,7 @@ def _read_storage(storage_or_url: Any) -> Any | None:
         return storage_or_url
     from sqlalchemy import inspect
 
-    from skipsearch.store.engine import StoreError, connect
+    from skipsearch.store.engine import StoreError, _reason, connect
     engine = connect(storage_or_url)
     try:
         if not inspect(engine).has_table("studies"):
@@ -211,7 +215,7 @@ def _read_storage(storage_or_url: Any) -> Any | None:
             engine_kwargs={"pool_pre_ping": True} if not storage_or_url.startswith("sqlite") else None)
     except Exception as exc:  # sqlalchemy/driver errors vary
         raise StoreError(f"cannot read the review studies in {redact_url(storage_or_url)}: "
-                         f"{str(exc).splitlines()[0]}") from None
+                         f"{_reason(exc, storage_or_url)}") from None
 
 
 def _decode(value: Any, widget: dict[str, Any] | None) -> str | None:
@@ -310,9 +314,10 @@ def choose(store: BestStore, row: BestRow, storage: Any | None = None) -> Choice
         return Choice(row)
     history = store.validations(row.key)
     rejected = rejected_keys(storage, [row.study_name or ""] + [v.study_name or "" for v in history])
-    pick = store.best_excluding(row.key, set(rejected)) if rejected else row
+    spec = metric_spec(row.metric)
+    pick = store.best_excluding(row.key, set(rejected), spec.direction == "minimize") if rejected else row
     ranked = sorted((v for v in history if v.metric == row.metric and math.isfinite(v.value)),
-                    key=lambda v: (v.value, v.created_at, v.id))
+                    key=lambda v: (spec.sort_key(v.value), v.created_at, v.id))
     skipped: dict[tuple[str, int], Verdict] = {}
     best = (row.study_name or "", row.trial_number)
     for v in [row, *ranked]:  # the rejected ones ranked above the one used

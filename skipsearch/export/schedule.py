@@ -10,17 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from skipsearch.errors import SkipsearchError
+from skipsearch.export.errors import AllRejectedError, ExportError
+from skipsearch.proxy.config import metric_spec
 from skipsearch.schedule import SkipSchedule
 from skipsearch.store import BestRow, BestStore
-
-
-class ExportError(SkipsearchError, LookupError):
-    """No stored best matches the request; the message lists what exists."""
-
-
-class AllRejectedError(ExportError):
-    """Every validated schedule of the key was rejected by a reviewer."""
 
 
 def find_best(store: BestStore, model: str, sampler: str | None, nfe: int | None) -> BestRow:
@@ -33,7 +26,7 @@ def find_best(store: BestStore, model: str, sampler: str | None, nfe: int | None
     comparable = len({(r.model_name, r.weights_sha256, r.nfe, r.metric) for r in rows}) == 1
     if len(rows) > 1 and sampler is None and nfe is not None and comparable:
         # One NFE, one metric, several samplers (a study that searched the sampler): the best of them is the answer.
-        return min(rows, key=lambda r: r.value)
+        return min(rows, key=lambda r: metric_spec(r.metric).sort_key(r.value))
     if len(rows) > 1:
         options = ", ".join(f"--sampler {r.sampler} --nfe {r.nfe}" for r in rows[:6])
         raise ExportError(f"{len(rows)} best schedules match; choose one with {options}")

@@ -14,13 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from skipsearch.errors import SkipsearchError
+from skipsearch.export.errors import ScheduleWeightsError
 
 _CHUNK = 1 << 20
-
-
-class ScheduleWeightsError(SkipsearchError, ValueError):
-    """The weights a schedule names are not where they may be loaded from, are missing, or have another sha256."""
 
 
 def recorded_sha256(doc: dict[str, Any]) -> str | None:
@@ -34,7 +30,7 @@ def recorded_sha256(doc: dict[str, Any]) -> str | None:
 def schedule_weights(schedule: str | os.PathLike, doc: dict[str, Any], artifacts: str | os.PathLike) -> Path | None:
     """The checked path of the weights ``doc`` (read from ``schedule``) names; None when it names none.
 
-    ``artifacts`` is the study artifacts folder (``skipsearch.search.session.artifact_dir``).
+    ``artifacts`` is the study artifacts folder (``skipsearch.execution.session.artifact_dir``).
     """
     schedule = Path(schedule)
     named = (doc.get("provenance") or {}).get("weights_path")

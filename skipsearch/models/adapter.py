@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,6 +18,9 @@ from skipsearch.models.errors import ModelError
 from skipsearch.models.hooks import SigmaProbe, SkipPoint, install_observers, install_skip_hooks, scale_output
 from skipsearch.schedule import ModelIdentity, ScheduleError, SkipSchedule
 from skipsearch.schedule.batch import ScheduleBatch
+
+if TYPE_CHECKING:
+    from skipsearch.settings import Settings
 
 
 def state_dict_sha256(module: nn.Module) -> str:
@@ -79,6 +83,9 @@ class SkipAdapter(abc.ABC):
     dataset: str | None = None  # the data set it was trained on, for the proxy's reference ("mnist")
     spec_digest: str = ""  # what else changes outputs (parametrisation, range, skip table): part of the identity
     batch_calibration: BatchCalibration | None = None  # set by load_model; None: the formula's batch
+    # Set by skipsearch.models.adapt, whose cache holds adapters weakly: while a schedule is on, the net holds its
+    # adapter (a no-op hook), so a later adapt(net) finds it and replaces the schedule instead of adding a second.
+    pinned_by_net: bool = False
 
     def __init__(self) -> None:
         self.probe = SigmaProbe()
@@ -172,6 +179,8 @@ class SkipAdapter(abc.ABC):
         handles = self._install_scaling(schedule)
         if schedule.num_intervals > 1:
             handles += self.probe.capture_from(self.net, self.sigma_of_call)
+        if self.pinned_by_net:
+            handles.append(self.net.register_forward_pre_hook(lambda _module, _args, _keep=self: None))
         self._applied = AppliedSchedule(self, schedule, handles)
         return self._applied
 
@@ -197,11 +206,12 @@ class SkipAdapter(abc.ABC):
                 handle.remove()
         return [ratios[p.index] for p in self.skip_points]
 
-    def probe_images(self, n: int, seed: int = 0) -> torch.Tensor:
-        """A batch to measure skip norms on: real test digits for MNIST models, else noise of the data's scale."""
+    def probe_images(self, n: int, seed: int = 0, settings: Settings | None = None) -> torch.Tensor:
+        """A batch to measure skip norms on: real test digits for MNIST models (found with ``settings``:
+        :func:`skipsearch.data.mnist_root`), else noise of the data's scale."""
         if self.dataset == "mnist" and self.img_shape == (1, 28, 28):
             from skipsearch.data import load_mnist
-            return self.data_range.from_uint8(load_mnist("test")[0][:n])
+            return self.data_range.from_uint8(load_mnist("test", settings=settings)[0][:n])
         generator = torch.Generator().manual_seed(seed)
         return self.data_range.from_uint8((torch.rand(n, *self.img_shape, generator=generator) * 255).to(torch.uint8))
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skipsearch.errors import SkipsearchError
+from skipsearch.models.errors import UnknownPrecondError
 from skipsearch.registry import Registry
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -527,10 +527,6 @@ class iDDPMPrecond(_Precond):  # noqa: N801 - the checkpoints' class name
                             self.u.reshape(1, -1, 1)).argmin(2)
         result = index if return_index else self.u[index.flatten()].to(sigma.dtype)
         return result.reshape(sigma.shape).to(sigma.device)
-
-
-class UnknownPrecondError(SkipsearchError, ValueError):
-    """A preconditioner name that is not one of ours."""
 
 
 PRECONDS: Registry[type[_Precond]] = Registry("preconditioner", UnknownPrecondError)

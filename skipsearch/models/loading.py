@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from skipsearch.data import DataRange
+from skipsearch.inputs import read_user_text
 from skipsearch.models.adapter import BatchCalibration, SkipAdapter
 from skipsearch.models.edm import EDMAdapter
 from skipsearch.models.errors import ModelError
@@ -264,8 +265,8 @@ def load_diffusers(target: str, *, name: str | None = None, file: ModelFile | No
         raise ModelError(f"diffusers model {target!r}: no such folder (a hub id looks like 'org/name')")
     try:
         config_path = (folder / (subfolder or "") / "config.json") if local else None
-        class_name = json.loads(config_path.read_text()).get("_class_name") if config_path and \
-            config_path.is_file() else "UNet2DModel"
+        class_name = json.loads(read_user_text(config_path, "diffusers config")).get("_class_name") \
+            if config_path and config_path.is_file() else "UNet2DModel"
         if local and (config_path is None or not config_path.is_file()):
             raise ModelError(f"{folder}: no diffusers config.json (expected DIR/config.json or DIR/unet/config.json)")
         cls = getattr(diffusers, class_name, None)
@@ -298,7 +299,7 @@ def _diffusers_scheduler(diffusers: Any, folder: Path | None, target: str, subfo
         candidates = [folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json"]
         for path in candidates:
             if path.is_file():
-                return diffusers.DDPMScheduler.from_config(json.loads(path.read_text()))
+                return diffusers.DDPMScheduler.from_config(json.loads(read_user_text(path, "scheduler config")))
         return None  # DiffusersAdapter's default: DDPM linear, 1000 steps
     try:
         return diffusers.DDPMScheduler.from_pretrained(target, subfolder="scheduler")
@@ -389,7 +390,8 @@ def model_file_folders(settings: Settings) -> list[Path]:
 
 
 def list_models(settings: Settings | None = None) -> list[ModelInfo]:
-    """Registered models, then the model files in ``Settings.models`` and the shipped ``models/`` folder."""
+    """Registered models, then the model files in ``settings.models`` and the shipped ``models/`` folder (without
+    ``settings``, the environment is read here: ``Settings.from_env()``)."""
     settings = settings or Settings.from_env()
     infos = [ModelInfo(e.name, e.description, e.num_skip_points, e.source) for e in _registry().values()]
     for folder in model_file_folders(settings):
@@ -410,7 +412,9 @@ def load_model(spec: str = "edm", *, checkpoint: str | os.PathLike | None = None
                device: str = "cpu", download: bool = True, settings: Settings | None = None) -> SkipAdapter:
     """The adapter for a model spec: a registered name, ``PATH.toml``, ``module:callable``, ``diffusers:DIR``.
 
-    ``checkpoint`` replaces the weights of a registered model or model file.
+    ``checkpoint`` replaces the weights of a registered model or model file. ``settings`` (checkpoint cache, model
+    files, offline, batch calibration): the caller's; without them the environment is read here
+    (``Settings.from_env()``).
     """
     settings = settings or Settings.from_env()
     request = LoadRequest(Path(checkpoint) if checkpoint else None, trust_pickle, download, settings)

@@ -45,8 +45,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from skipsearch.models.errors import ModelError
 
 DISCRETE_TYPES = ("epsilon", "v_prediction", "sample")
@@ -156,14 +154,13 @@ def _choice(source: str, where: str, value: Any, choices: tuple[str, ...]) -> st
 
 def parse_model_file(path: str | Path) -> ModelFile:
     """Read and validate a model file; every problem is one line naming the file and the field."""
+    from skipsearch.inputs import read_user_toml
     path = Path(path)
     source = str(path)
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise _fail(source, f"not valid TOML ({exc})") from None
+        data = read_user_toml(path, "model file", error=ModelError)  # a regular file of sensible size only
+    except IsADirectoryError:
+        raise ModelError(f"model file {path} is a folder; give a PATH.toml file") from None
     for section, values in data.items():
         if section not in _SECTIONS:
             raise _fail(source, f"unknown section [{section}]; expected {', '.join(f'[{s}]' for s in _SECTIONS)}")

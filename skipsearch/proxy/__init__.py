@@ -12,7 +12,7 @@ _EXPORTS = {
                 "is_monotone", "proxy_check"),
     "extractors": ("EXTRACTORS", "FeatureExtractor", "as_uint8", "get_extractor", "inception_hub_path",
                    "register_extractor"),
-    "errors": ("ExtractorWeightsError", "NonFiniteError", "ProxyConfigError", "ReferenceStatsError"),
+    "errors": ("ExtractorWeightsError", "NonFiniteFeaturesError", "ProxyConfigError", "ReferenceStatsError"),
     "metrics": ("FIDInfinityResult", "FIDResult", "RankDeficientWarning", "fid", "fid_features", "fid_infinity",
                 "fid_result", "kid"),
     "stats": ("DATASETS", "FeatureStats", "RefStats", "StatsAccumulator", "compute_reference_stats", "load_npz",

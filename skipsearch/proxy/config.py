@@ -2,16 +2,54 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from skipsearch.proxy.errors import ProxyConfigError
 from skipsearch.registry import Registry
 
-# name -> what it is; the maths live in skipsearch.proxy.metrics.
-METRICS: Registry[str] = Registry("proxy metric", ProxyConfigError)
-METRICS.register("fid", "Fréchet distance of the features (torch-fidelity's formula)")
-METRICS.register("kid", "kernel inception distance (polynomial-kernel MMD, unbiased)")
-METRICS.register("fid-inf", "FID extrapolated to n -> infinity (Chong & Forsyth)")
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A proxy metric: what it is, which way is better, and its maths (``module:function`` taking
+    :class:`skipsearch.proxy.metrics.MetricInputs` and giving ``(value, rank_deficient)``), imported on first use
+    so that study files load without torch."""
+
+    description: str
+    compute: str
+    direction: Literal["minimize", "maximize"] = "minimize"
+    needs_features: bool = False  # the features themselves, not only their running moments
+
+    def function(self) -> Callable[[Any], tuple[float, bool]]:
+        module, name = self.compute.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def better(self, a: float, b: float) -> bool:
+        """``a`` is strictly better than ``b``."""
+        return a < b if self.direction == "minimize" else a > b
+
+    def best(self, values: Iterable[float]) -> float:
+        return (min if self.direction == "minimize" else max)(values)
+
+    def sort_key(self, value: float) -> float:
+        """Sorts best first."""
+        return value if self.direction == "minimize" else -value
+
+
+METRICS: Registry[MetricSpec] = Registry("proxy metric", ProxyConfigError)
+METRICS.register("fid", MetricSpec("Fréchet distance of the features (torch-fidelity's formula)",
+                                   "skipsearch.proxy.metrics:fid_metric"))
+METRICS.register("kid", MetricSpec("kernel inception distance (polynomial-kernel MMD, unbiased)",
+                                   "skipsearch.proxy.metrics:kid_metric", needs_features=True))
+METRICS.register("fid-inf", MetricSpec("FID extrapolated to n -> infinity (Chong & Forsyth)",
+                                       "skipsearch.proxy.metrics:fid_infinity_metric", needs_features=True))
+
+
+def metric_spec(name: str | None) -> MetricSpec:
+    """The spec of a metric name; rows stored before a metric was known read as FID (lower is better)."""
+    return METRICS.get(name) if name in METRICS else METRICS.get("fid")
 
 
 @dataclass(frozen=True)

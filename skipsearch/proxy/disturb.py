@@ -9,7 +9,7 @@ is not a usable search objective.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from skipsearch.proxy.extractors import FeatureExtractor, as_uint8, get_extractor
 from skipsearch.proxy.metrics import fid_features
 from skipsearch.proxy.stats import FeatureStats, compute_reference_stats
+
+if TYPE_CHECKING:
+    from skipsearch.settings import Settings
 
 # Strength per level 1..4 (level 0 is the clean images); units in each function's docstring.
 STRENGTHS: dict[str, tuple[float, ...]] = {
@@ -134,13 +137,14 @@ def is_monotone(table: list[DisturbanceRow]) -> bool:
 
 
 def proxy_check(extractor_name: str = "mnist-features", n: int = 500, weights_path: str | None = None,
-                device: str = "cpu", seed: int = 0) -> list[DisturbanceRow]:
-    """Disturbance table for ``n`` random MNIST test images against the MNIST-train reference statistics."""
+                device: str = "cpu", seed: int = 0, settings: Settings | None = None) -> list[DisturbanceRow]:
+    """Disturbance table for ``n`` random MNIST test images against the MNIST-train reference statistics (MNIST and
+    the statistics' cache where ``settings`` say; None: the environment's, as :func:`compute_reference_stats`)."""
     from skipsearch.data import load_mnist
 
     extractor = get_extractor(extractor_name, weights_path=weights_path, device=device)
-    ref = compute_reference_stats("mnist", "train", extractor).stats
-    images = load_mnist("test")[0]
+    ref = compute_reference_stats("mnist", "train", extractor, settings=settings).stats
+    images = load_mnist("test", settings=settings)[0]
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
     return disturbance_table(extractor, images[pick], ref, seed=seed)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from skipsearch.errors import SkipsearchError
 
 
-class NonFiniteError(SkipsearchError, ValueError):
+class NonFiniteFeaturesError(SkipsearchError, ValueError):
     """Features or statistics contain NaN or inf (a diverged sampler, a broken extractor)."""
 
 

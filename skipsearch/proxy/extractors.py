@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from skipsearch.data import to_uint8
 from skipsearch.models.checkpoints import file_sha256
-from skipsearch.proxy.errors import ExtractorWeightsError, NonFiniteError, ProxyConfigError
+from skipsearch.proxy.errors import ExtractorWeightsError, NonFiniteFeaturesError, ProxyConfigError
 from skipsearch.registry import Registry
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -42,8 +42,9 @@ DOWNLOAD_TIMEOUT_S = 30.0
 def as_uint8(images: torch.Tensor) -> torch.Tensor:
     """Pixels for the extractors: uint8 passes through; float is read as [-1,1] and rounded as EDM does.
 
-    Floats outside [-1,1] are clipped (``skipsearch.data.to_uint8``); NaN/inf raise :class:`NonFiniteError` because
-    clipping would silently turn a diverged sampler into black or white images.
+    Floats outside [-1,1] are clipped (``skipsearch.data.to_uint8``); NaN/inf raise
+    :class:`NonFiniteFeaturesError` because clipping would silently turn a diverged sampler into black or white
+    images.
     """
     if not torch.is_tensor(images) or images.dim() != 4:
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
@@ -54,7 +55,7 @@ def as_uint8(images: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected uint8 in [0,255] or float in [-1,1], got dtype {images.dtype}")
     if not bool(torch.isfinite(images).all()):
         bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
-        raise NonFiniteError(f"{bad} of {images.shape[0]} images contain NaN or inf values")
+        raise NonFiniteFeaturesError(f"{bad} of {images.shape[0]} images contain NaN or inf values")
     return to_uint8(images)
 
 
@@ -94,7 +95,7 @@ class FeatureExtractor:
                 out.append(self._forward(batch).to("cpu", torch.float32))
         features = torch.cat(out) if out else torch.zeros(0, self.dim)
         if not bool(torch.isfinite(features).all()):
-            raise NonFiniteError(f"extractor {self.name} produced NaN/inf features")
+            raise NonFiniteFeaturesError(f"extractor {self.name} produced NaN/inf features")
         return features
 
 
@@ -304,8 +305,17 @@ class MnistExtractor(FeatureExtractor):
 
 def load_card(weights_path: Path) -> dict | None:
     """The JSON card beside a weights file (same stem), if any."""
+    from skipsearch.inputs import read_user_text
     card = weights_path.with_suffix(".json")
-    return json.loads(card.read_text()) if card.is_file() else None
+    if not card.is_file():
+        return None
+    try:
+        data = json.loads(read_user_text(card, "weights card", error=ExtractorWeightsError))
+    except (ValueError, RecursionError) as exc:
+        raise ExtractorWeightsError(f"{card}: the card of {weights_path.name} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ExtractorWeightsError(f"{card}: the card of {weights_path.name} must be a JSON object")
+    return data
 
 
 @register_extractor("mnist-features")
@@ -313,6 +323,7 @@ def _build_mnist(*, weights_path: Path | None = None, device: str | torch.device
                  offline: bool = False) -> FeatureExtractor:
     """Weights: ``weights_path``, else the shipped ``skipsearch/assets/mnist_features.safetensors``; the sha256 is
     checked against the card beside the file (mandatory for the shipped one)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     shipped = weights_path is None
@@ -329,5 +340,11 @@ def _build_mnist(*, weights_path: Path | None = None, device: str | torch.device
         raise ExtractorWeightsError(f"{path} has sha256 {sha} but its card says {card.get('sha256')}; "
                                     "the weights were changed or corrupted, re-run scripts/train_mnist_features.py")
     net = MnistFeatureNet()
-    net.load_state_dict(load_file(str(path)))
+    try:
+        net.load_state_dict(load_file(str(path)))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:  # not safetensors, or another network's
+        first = " ".join(str(exc).split())[:300]
+        raise ExtractorWeightsError(f"mnist-features weights {path} are not a safetensors file of the "
+                                    f"mnist-features network ({first}); pass one scripts/train_mnist_features.py "
+                                    "writes") from None
     return MnistExtractor("mnist-features", net, MnistFeatureNet.DIM, sha, path, device, batch_size=1000)

@@ -9,6 +9,8 @@ features accumulate and are never recomputed, and after each rung a callback see
 from __future__ import annotations
 
 import copy
+import logging
+import os
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -17,23 +19,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skipsearch.errors import SkipsearchError
+from skipsearch.errors import ControlSignal
 from skipsearch.models.adapter import SkipAdapter
-from skipsearch.proxy.config import ProxyConfig
-from skipsearch.proxy.errors import NonFiniteError, ProxyConfigError
+from skipsearch.proxy.config import METRICS, ProxyConfig
+from skipsearch.proxy.errors import NonFiniteFeaturesError, ProxyConfigError
 from skipsearch.proxy.extractors import FeatureExtractor, get_extractor
-from skipsearch.proxy.metrics import fid_infinity, fid_result, kid
+from skipsearch.proxy.metrics import MetricInputs
 from skipsearch.proxy.stats import (
-    DATASETS,
     FeatureStats,
     StatsAccumulator,
     cache_path,
     compute_reference_stats,
+    load_dataset,
     load_npz,
 )
 from skipsearch.sampling.generate import generate_many, recipe_of
 from skipsearch.schedule import SkipSchedule
 from skipsearch.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,22 +70,50 @@ class ProxyResult:
 
 
 def reference_features(extractor: FeatureExtractor, dataset: str, split: str, cache: Path,
-                       n: int = 5000) -> np.ndarray:
-    """Features of a fixed random subset of the data set (for KID), cached next to the reference statistics."""
+                       n: int = 5000, settings: Settings | None = None) -> np.ndarray:
+    """Features of a fixed random subset of the data set (for KID), cached next to the reference statistics; the
+    data set is loaded with ``settings`` (:func:`~skipsearch.proxy.stats.load_dataset`)."""
     path = cache_path(cache, dataset, split, extractor.name, extractor.weights_sha256).with_suffix(f".feat{n}.npy")
     if path.is_file():
-        return np.load(path)
-    images = DATASETS.get(dataset)(split)
+        cached = _cached_features(path, n, extractor.dim)
+        if cached is not None:
+            return cached
+    images = load_dataset(dataset, split, settings)
     index = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:n]
     features = extractor(images[index]).double().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, features)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a reader never sees half a file
+    with open(tmp, "wb") as handle:
+        np.save(handle, features)
+    os.replace(tmp, path)
     return features
+
+
+def _cached_features(path: Path, n: int, dim: int) -> np.ndarray | None:
+    """A cache entry of reference features, or None (a miss, with a warning) if it is not what this code writes: at
+    most ``n`` rows of ``dim`` finite float64 features, no pickled objects."""
+    try:
+        features = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:  # an object array, a truncated or foreign file
+        reason = " ".join(str(exc).split())
+    else:
+        ok = (isinstance(features, np.ndarray) and features.dtype == np.float64 and features.ndim == 2
+              and features.shape[1] == dim and 2 <= features.shape[0] <= n and bool(np.isfinite(features).all()))
+        if ok:
+            return features
+        found = f"{getattr(features, 'dtype', type(features).__name__)} {getattr(features, 'shape', '')}"
+        reason = f"expected at most {n} x {dim} finite float64 features, found {found}"
+    log.warning("feature cache %s is unusable (%s); computing the features again", path, reason)
+    return None
 
 
 class FidProxy:
     """Scores schedules of one model with one extractor and one reference, by default with one sampler and NFE
-    (a schedule that names its own sampler, options or NFE is sampled with those: :meth:`recipe`)."""
+    (a schedule that names its own sampler, options or NFE is sampled with those: :meth:`recipe`).
+
+    ``settings`` (where the reference statistics, caches and data sets live) are the caller's: the stages pass
+    theirs; a Python user who passes none gets the environment's, read here (``Settings.from_env()``).
+    """
 
     def __init__(self, adapter: SkipAdapter, *, sampler: str, nfe: int, config: ProxyConfig = ProxyConfig(),
                  sampler_options: dict | None = None, settings: Settings | None = None):
@@ -111,7 +143,7 @@ class FidProxy:
                                  f"{self.extractor.name} gives {self.extractor.dim}-d features")
             return stats
         return compute_reference_stats(self.config.dataset, self.config.split, self.extractor,
-                                       cache=self.settings.cache).stats
+                                       cache=self.settings.cache, settings=self.settings).stats
 
     def recipe(self, schedule: SkipSchedule | None) -> tuple[str, int, dict]:
         """(sampler, NFE, sampler options) that score ``schedule``: its own where it names them (a searched
@@ -223,10 +255,10 @@ class FidProxy:
                 t0 = time.perf_counter()
                 features = self.extractor(images.images)
                 if not torch.isfinite(features).all():
-                    ended[k] = NonFiniteError(f"non-finite features at rung {index} (n={n})")
+                    ended[k] = NonFiniteFeaturesError(f"non-finite features at rung {index} (n={n})")
                     continue
                 accumulators[k].update(features)
-                if self.config.metric != "fid":  # KID and FID-infinity need the features, not only their moments
+                if METRICS.get(self.config.metric).needs_features:
                     all_features[k].append(features.double().cpu().numpy())
                 feature_s[k] += time.perf_counter() - t0
                 value, deficient = self._value(accumulators[k], all_features[k])
@@ -245,27 +277,20 @@ class FidProxy:
                 for k in range(count)]
 
     def _value(self, accumulator: StatsAccumulator, all_features: list[np.ndarray]) -> tuple[float, bool]:
-        if self.config.metric == "fid":
-            import warnings
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # rank deficiency is returned as a flag, not printed every rung
-                result = fid_result(accumulator.stats(), self.ref_stats)
-            return result.fid, result.rank_deficient
-        if self.config.metric == "fid-inf":
-            import warnings
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                result = fid_infinity(np.concatenate(all_features), self.ref_stats)
-            return result.fid_inf, result.rank_deficient
+        """The configured metric at this rung (its spec in ``METRICS`` says how)."""
+        spec = METRICS.get(self.config.metric)
+        features = np.concatenate(all_features) if spec.needs_features else None
+        return spec.function()(MetricInputs(accumulator, features, self.ref_stats, self._reference_features,
+                                            self.config))
+
+    def _reference_features(self) -> np.ndarray:
         if self._ref_features is None:
             if self.config.ref_path is not None:
-                raise ProxyConfigError("KID needs reference features; an .npz of mu/sigma only supports --metric fid")
+                raise ProxyConfigError(f"--metric {self.config.metric} needs reference features; an .npz of "
+                                       "mu/sigma only supports --metric fid")
             self._ref_features = reference_features(self.extractor, self.config.dataset, self.config.split,
-                                                     self.settings.cache)
-        features = np.concatenate(all_features)
-        size = min(self.config.kid_subset_size, features.shape[0], self._ref_features.shape[0])
-        mean, _std = kid(features, self._ref_features, subsets=50, subset_size=size)
-        return float(mean), False
+                                                     self.settings.cache, settings=self.settings)
+        return self._ref_features
 
 
 def _finish(group: Generator[None, None, list]) -> list:
@@ -277,5 +302,5 @@ def _finish(group: Generator[None, None, list]) -> list:
             return done.value
 
 
-class EvaluationStopped(SkipsearchError, RuntimeError):
+class EvaluationStopped(ControlSignal):
     """A schedule the caller stopped (``keep``) before its next rung, e.g. another NFE of a pruned trial."""

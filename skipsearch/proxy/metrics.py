@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
-from skipsearch.proxy.errors import NonFiniteError
+from skipsearch.proxy.errors import NonFiniteFeaturesError
 from skipsearch.proxy.stats import FeatureStats, StatsAccumulator, as_float64
+
+if TYPE_CHECKING:
+    from skipsearch.proxy.config import ProxyConfig
 
 
 class RankDeficientWarning(UserWarning):
@@ -53,7 +57,7 @@ def fid_result(stats_a: FeatureStats, stats_b: FeatureStats) -> FIDResult:
     value = fid_statistics_to_metric({"mu": stats_a.mu, "sigma": stats_a.sigma},
                                      {"mu": stats_b.mu, "sigma": stats_b.sigma}, verbose=False)[KEY_METRIC_FID]
     if not np.isfinite(value):
-        raise NonFiniteError(f"FID evaluated to {value}")
+        raise NonFiniteFeaturesError(f"FID evaluated to {value}")
     deficient = _rank_deficient(stats_a) or _rank_deficient(stats_b)
     if deficient:
         warnings.warn(f"FID with n={stats_a.n}/{stats_b.n} samples for {stats_a.dim}-d features: rank-deficient "
@@ -121,3 +125,40 @@ def fid_infinity(features: torch.Tensor | np.ndarray, ref_stats: FeatureStats, n
     slope, intercept = np.polyfit(1.0 / np.asarray(sizes, dtype=np.float64), np.asarray(values), 1)
     deficient = min(ns) <= x.shape[1] or _rank_deficient(ref_stats)
     return FIDInfinityResult(float(intercept), float(slope), tuple(sizes), tuple(values), deficient)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The registered metrics (skipsearch.proxy.config.METRICS): one signature, so the proxy dispatches on the spec.
+
+
+@dataclass
+class MetricInputs:
+    """What a metric may read at a rung: the running moments, the features (metrics with ``needs_features``),
+    the reference statistics, and the reference features (loaded on first call)."""
+
+    stats: StatsAccumulator
+    features: np.ndarray | None
+    reference: FeatureStats
+    reference_features: Callable[[], np.ndarray]
+    config: ProxyConfig
+
+
+def fid_metric(inputs: MetricInputs) -> tuple[float, bool]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rank deficiency is returned as a flag, not printed every rung
+        result = fid_result(inputs.stats.stats(), inputs.reference)
+    return result.fid, result.rank_deficient
+
+
+def fid_infinity_metric(inputs: MetricInputs) -> tuple[float, bool]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fid_infinity(inputs.features, inputs.reference)
+    return result.fid_inf, result.rank_deficient
+
+
+def kid_metric(inputs: MetricInputs) -> tuple[float, bool]:
+    reference = inputs.reference_features()
+    size = min(inputs.config.kid_subset_size, inputs.features.shape[0], reference.shape[0])
+    mean, _std = kid(inputs.features, reference, subsets=50, subset_size=size)
+    return float(mean), False

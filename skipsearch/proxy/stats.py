@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -13,11 +14,12 @@ from typing import TYPE_CHECKING, Callable, Literal
 import numpy as np
 import torch
 
-from skipsearch.proxy.errors import NonFiniteError, ReferenceStatsError
+from skipsearch.proxy.errors import NonFiniteFeaturesError, ReferenceStatsError
 from skipsearch.registry import Registry
 
 if TYPE_CHECKING:
     from skipsearch.proxy.extractors import FeatureExtractor
+    from skipsearch.settings import Settings
 
 log = logging.getLogger("skipsearch.proxy")
 
@@ -44,7 +46,7 @@ class FeatureStats:
         if self.mu.ndim != 1 or self.sigma.shape != (self.mu.shape[0], self.mu.shape[0]):
             raise ReferenceStatsError(f"inconsistent statistics: mu {self.mu.shape}, sigma {self.sigma.shape}")
         if not (np.isfinite(self.mu).all() and np.isfinite(self.sigma).all()):
-            raise NonFiniteError("feature statistics contain NaN or inf")
+            raise NonFiniteFeaturesError("feature statistics contain NaN or inf")
 
     @property
     def dim(self) -> int:
@@ -58,14 +60,14 @@ class FeatureStats:
 
 
 def as_float64(features: torch.Tensor | np.ndarray, what: str = "features") -> np.ndarray:
-    """A 2-D float64 numpy copy of ``features``; NaN/inf raise :class:`NonFiniteError`."""
+    """A 2-D float64 numpy copy of ``features``; NaN/inf raise :class:`NonFiniteFeaturesError`."""
     array = features.detach().cpu().numpy() if torch.is_tensor(features) else np.asarray(features)
     array = array.astype(np.float64)
     if array.ndim != 2:
         raise ValueError(f"{what} must be 2-D [N, dim], got shape {array.shape}")
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).any(axis=1).sum())
-        raise NonFiniteError(f"{bad} of {array.shape[0]} {what} vectors contain NaN or inf")
+        raise NonFiniteFeaturesError(f"{bad} of {array.shape[0]} {what} vectors contain NaN or inf")
     return array
 
 
@@ -143,14 +145,26 @@ def load_npz(path: str | os.PathLike) -> FeatureStats:
 # Reference statistics of data sets, cached per (dataset, split, extractor, weights sha256)
 # ---------------------------------------------------------------------------------------------------------------
 
-def _mnist_images(split: str) -> torch.Tensor:
+def _mnist_images(split: str, *, settings: Settings | None = None) -> torch.Tensor:
     from skipsearch.data import load_mnist
-    return load_mnist(split)[0]
+    return load_mnist(split, settings=settings)[0]
 
 
-# Data sets a reference can be computed from: name -> split -> uint8 images [N, C, H, W].
-DATASETS: Registry[Callable[[str], torch.Tensor]] = Registry("dataset", ReferenceStatsError)
+# Data sets a reference can be computed from: name -> split -> uint8 images [N, C, H, W]. A loader that also takes
+# a ``settings`` keyword is given the caller's Settings (where its files live): see load_dataset.
+DATASETS: Registry[Callable[..., torch.Tensor]] = Registry("dataset", ReferenceStatsError)
 DATASETS.register("mnist", _mnist_images)
+
+
+def load_dataset(name: str, split: str, settings: Settings | None = None) -> torch.Tensor:
+    """uint8 images [N, C, H, W] of a registered data set; ``settings`` go to a loader with a ``settings`` keyword
+    (a loader of ``split`` alone is called as it is)."""
+    loader = DATASETS.get(name)
+    try:
+        takes_settings = "settings" in inspect.signature(loader).parameters
+    except (TypeError, ValueError):  # a callable without a signature (a builtin)
+        takes_settings = False
+    return loader(split, settings=settings) if takes_settings else loader(split)
 
 
 @dataclass(frozen=True)
@@ -176,16 +190,20 @@ def features_of_images(extractor: FeatureExtractor, images: torch.Tensor, chunk:
 
 
 def compute_reference_stats(dataset: str, split: str, extractor: FeatureExtractor, *, cache: Path | None = None,
-                            refresh: bool = False) -> RefStats:
+                            refresh: bool = False, settings: Settings | None = None) -> RefStats:
     """Statistics of a whole data set split under ``extractor``.
 
-    The shipped file is used when it matches (same extractor weights); otherwise the cache is consulted and, on a
-    miss, the data set is loaded, featurised and the result written to the cache.
+    The shipped file is used when it matches (same extractor weights); otherwise the cache (``cache``, by default
+    ``settings.cache``) is consulted and, on a miss, the data set is loaded (with ``settings``), featurised and the
+    result written to the cache. The stages pass their ``settings``; without them (a script's call) the
+    environment is read now (``Settings.from_env()``).
     """
-    load_images = DATASETS.get(dataset)
-    if cache is None:
+    DATASETS.get(dataset)  # an unknown data set fails first
+    if settings is None:
         from skipsearch.settings import Settings
-        cache = Settings.from_env().cache
+        settings = Settings.from_env()
+    if cache is None:
+        cache = settings.cache
     if split not in ("train", "test"):
         raise ReferenceStatsError(f"unknown split {split!r} of {dataset}; use train or test")
     meta = {"dataset": dataset, "split": split, "extractor": extractor.name,
@@ -203,6 +221,6 @@ def compute_reference_stats(dataset: str, split: str, extractor: FeatureExtracto
             log.info("reference stats %s/%s/%s: cache hit %s", dataset, split, extractor.name, path)
             return RefStats(stats, "hit", path)
     log.info("reference stats %s/%s/%s: cache miss, computing into %s", dataset, split, extractor.name, path)
-    stats = features_of_images(extractor, load_images(split)).stats(meta)
+    stats = features_of_images(extractor, load_dataset(dataset, split, settings)).stats(meta)
     save_npz(path, stats)
     return RefStats(stats, "miss", path)

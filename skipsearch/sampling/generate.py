@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,22 +12,15 @@ import torch.nn.functional as F
 
 from skipsearch.device import autocast
 from skipsearch.errors import SkipsearchError
+from skipsearch.inputs import check_memory
 from skipsearch.models.adapter import SkipAdapter
 from skipsearch.sampling.batching import batch_size_for
+from skipsearch.sampling.errors import DegenerateOutputError, NonFiniteOutputError
 from skipsearch.sampling.grids import grid_sigmas, sampling_sigmas
 from skipsearch.sampling.noise import SeededNoise
 from skipsearch.sampling.samplers import get_sampler, sample, steps_for_nfe
 from skipsearch.schedule import Churn, SkipSchedule
 from skipsearch.schedule.batch import ScheduleBatch
-
-
-class NonFiniteOutputError(SkipsearchError, RuntimeError):
-    """The sampler produced NaN/inf images (e.g. an extreme schedule); the trial must fail, not score."""
-
-
-class DegenerateOutputError(SkipsearchError, RuntimeError):
-    """The images are constant, all black/white or saturated: a broken schedule, not a score."""
-
 
 # A batch is degenerate when most of its images are: blank (almost every pixel the same value: all black, all white,
 # flat grey), or with almost every pixel far outside the data range (a clipped image carries no shape a feature
@@ -106,6 +100,9 @@ def generate_many(adapter: SkipAdapter, schedules: Sequence[SkipSchedule | None]
     grid = grids.pop()
     if not get_sampler(sampler).stochastic and churn.s_churn == 0:
         churn = Churn()
+    # The uint8 images of every schedule are kept, and the seeds as a list: refuse what cannot fit before starting.
+    check_memory(len(seeds) * (len(schedules) * math.prod(adapter.img_shape) + 36),
+                 f"sampling {len(seeds)} images x {len(schedules)} schedule(s)", "sample fewer images")
     batch_size = batch_size or batch_size_for(adapter, precision)  # measured once per model and device
     discrete = adapter.timestep_sigmas is not None
     options = {"spacing": adapter.default_spacing, "timestep_sigmas": adapter.timestep_sigmas,

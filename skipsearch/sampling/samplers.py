@@ -17,15 +17,16 @@ import math
 import operator
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from skipsearch.errors import SkipsearchError
 from skipsearch.registry import Registry
+from skipsearch.sampling.errors import GridError, NFEError, SamplerOptionError, UnknownSamplerError
 from skipsearch.sampling.grids import SPACINGS, RoundSigma, grid_sigmas, karras_sigmas, sampling_sigmas
 from skipsearch.sampling.noise import SeededNoise
 from skipsearch.schedule import Churn, TimeGrid
+from skipsearch.schedule.limits import MAX_NFE
 
 __all__ = [
     "Denoiser",
@@ -33,6 +34,7 @@ __all__ = [
     "NFEError",
     "SAMPLERS",
     "SampleResult",
+    "SamplerOption",
     "SamplerOptionError",
     "SamplerSpec",
     "SeededNoise",
@@ -324,9 +326,59 @@ def _steps_heun(nfe: int) -> int:
     return (nfe + 2) // 2
 
 
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _or(values: tuple) -> str:
+    words = [repr(v) if isinstance(v, str) else str(v) for v in values]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+@dataclass(frozen=True)
+class SamplerOption:
+    """One keyword option of a sampler (or of the grid): its type, the values it accepts, and what a '+sampler'
+    search space explores of it.
+
+    Accepted values: ``choices`` when they are a list, else the interval from ``low`` (``low_open``: excluded) to
+    ``high`` (None: unbounded). ``search`` is None when the option is not searched, else ``(low, high)`` for an int
+    or float (``suggest_int``/``suggest_float``) or the choices of a categorical one; ``default`` is the function's
+    own default and the search's baseline.
+    """
+
+    type: type
+    default: typing.Any
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    search: tuple | None = None
+
+    def _in_range(self, value: typing.Any) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or value <= self.high
+
+    def accepts(self, value: object) -> bool:
+        """``value`` has the option's type and lies in its valid values."""
+        return _has_type(value, self.type) and self._in_range(value)
+
+    def rule(self) -> str:
+        """The valid values in words ("1, 2 or 3", ">= 0" ...), for messages."""
+        if self.choices is not None:
+            return _or(self.choices)
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"<= {self.high:g}" if self.high is not None else _TYPE_WORDS.get(self.type, self.type.__name__)
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A sampler, whether it takes noise (churn or ancestral), and its NFE as a function of the step count.
+    """A sampler, whether it takes noise (churn or ancestral), its NFE as a function of the step count, and its
+    options (the keyword arguments of ``fn`` besides the pipeline's), with what a '+sampler' space searches.
 
     ``steps_of_nfe`` inverts ``nfe_of_steps``: the fewest steps whose NFE is at least the given budget.
     """
@@ -338,19 +390,21 @@ class SamplerSpec:
     description: str
     nfe_formula: str = "steps"
     steps_of_nfe: Callable[[int], int] = _steps_one_per_step
+    options: Mapping[str, SamplerOption] = field(default_factory=dict, hash=False)
+
+    def searched_options(self) -> dict[str, SamplerOption]:
+        """The options a '+sampler' space searches, in the order it suggests them."""
+        return {name: option for name, option in self.options.items() if option.search is not None}
+
+    def signature_options(self) -> dict[str, tuple[typing.Any, typing.Any]]:
+        """(type hint, default) of each keyword option ``fn`` takes, which ``options`` must describe."""
+        hints = typing.get_type_hints(self.fn)
+        return {p.name: (hints.get(p.name, object), p.default) for p in inspect.signature(self.fn).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _PIPELINE_ARGS}
 
 
-class UnknownSamplerError(SkipsearchError, ValueError):
-    """A sampler name that is not in SAMPLERS."""
-
-
-class NFEError(SkipsearchError, ValueError):
-    """An NFE budget that a sampler cannot spend exactly."""
-
-
-class GridError(SkipsearchError, ValueError):
-    """A schedule's time grid that gives no usable noise levels on this model (a trial failure, not a crash)."""
-
+# Keyword arguments the pipeline passes itself, never options of a study.
+_PIPELINE_ARGS = {"noise", "churn", "round_sigma", "grid"}
 
 SAMPLERS = Registry[SamplerSpec]("sampler", UnknownSamplerError)
 for _spec in (
@@ -359,9 +413,14 @@ for _spec in (
     SamplerSpec("euler", sample_euler, True, _nfe_one_per_step, "Euler (1st order) with optional EDM churn"),
     SamplerSpec("dpmpp_2m", sample_dpmpp_2m, False, _nfe_one_per_step, "DPM-Solver++(2M), deterministic"),
     SamplerSpec("unipc", sample_unipc, False, _nfe_one_per_step,
-                "UniPC multistep, data prediction (options: order 1-3, variant bh1/bh2)"),
+                "UniPC multistep, data prediction (options: order 1-3, variant bh1/bh2)",
+                options={"order": SamplerOption(int, 3, choices=(1, 2, 3), search=(1, 3)),
+                         "variant": SamplerOption(str, "bh1", choices=("bh1", "bh2"), search=("bh1", "bh2")),
+                         "lower_order_final": SamplerOption(bool, True),
+                         "corrector": SamplerOption(bool, True)}),
     # Not "stochastic": no EDM churn is searched for DDIM; its own noise (eta) is an option, 0 = deterministic.
-    SamplerSpec("ddim", sample_ddim, False, _nfe_one_per_step, "DDIM in sigma form (option eta; eta=0 is Euler)"),
+    SamplerSpec("ddim", sample_ddim, False, _nfe_one_per_step, "DDIM in sigma form (option eta; eta=0 is Euler)",
+                options={"eta": SamplerOption(float, 0.0, low=0.0, search=(0.0, 1.0))}),
 ):
     SAMPLERS.register(_spec.name, _spec)
 del _spec
@@ -376,32 +435,14 @@ def get_sampler(name: str) -> SamplerSpec:
         raise UnknownSamplerError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLERS)}") from None
 
 
-class SamplerOptionError(SkipsearchError, ValueError):
-    """A sampler option the sampler does not take, or a value of the wrong type or range."""
-
-
-# Options of the sigma grid, which sample() takes for every sampler; a sampler's own are its keyword arguments.
-GRID_OPTIONS: dict[str, type] = {"spacing": str, "rho": float}
-# Keyword arguments the pipeline passes itself, never options of a study.
-_PIPELINE_ARGS = {"noise", "churn", "round_sigma", "grid"}
-# Value checks beyond the type, where a cheap one exists (by option name: "rho" is the grid's Karras exponent).
-_OPTION_RULES: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
-    "spacing": (lambda v: v in SPACINGS, f"one of {', '.join(SPACINGS)}"),
-    "rho": (lambda v: v > 0, "> 0"),
-    "eta": (lambda v: v >= 0, ">= 0"),
-    "order": (lambda v: v in (1, 2, 3), "1, 2 or 3"),
-    "variant": (lambda v: v in ("bh1", "bh2"), "'bh1' or 'bh2'"),
-}
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+# Options of the sigma grid, which sample() takes for every sampler; a sampler's own are its spec's ``options``.
+GRID_OPTIONS: dict[str, SamplerOption] = {"spacing": SamplerOption(str, "karras", choices=SPACINGS),
+                                          "rho": SamplerOption(float, 7.0, low=0.0, low_open=True)}
 
 
 def sampler_option_types(name: str) -> dict[str, type]:
-    """The options ``sample(sampler=name, **options)`` takes: the grid's and the sampler's keyword arguments."""
-    fn = get_sampler(name).fn
-    hints = typing.get_type_hints(fn)
-    own = {p.name: hints.get(p.name, object) for p in inspect.signature(fn).parameters.values()
-           if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _PIPELINE_ARGS}
-    return {**GRID_OPTIONS, **own}
+    """The options ``sample(sampler=name, **options)`` takes: the grid's and the sampler's own, with their types."""
+    return {key: option.type for key, option in {**GRID_OPTIONS, **get_sampler(name).options}.items()}
 
 
 def _has_type(value: object, kind: type) -> bool:
@@ -417,17 +458,17 @@ def check_sampler_options(name: str, options: Mapping[str, object], *, where: st
 
     Cheap and model-free, so a study can be refused before its model is loaded or a trial is spent.
     """
-    known = sampler_option_types(name)
+    known = {**GRID_OPTIONS, **get_sampler(name).options}
     for key, value in options.items():
         if key not in known:
             raise SamplerOptionError(f"{where} {key!r} is not an option of sampler {name}; it takes "
                                      f"{', '.join(sorted(known))}")
-        kind = known[key]
-        if kind in _TYPE_WORDS and not _has_type(value, kind):
-            raise SamplerOptionError(f"{where} {key} must be {_TYPE_WORDS[kind]} for sampler {name}, got {value!r}")
-        rule = _OPTION_RULES.get(key)
-        if rule is not None and not rule[0](value):
-            raise SamplerOptionError(f"{where} {key} must be {rule[1]} for sampler {name}, got {value!r}")
+        option = known[key]
+        if option.type in _TYPE_WORDS and not _has_type(value, option.type):
+            raise SamplerOptionError(f"{where} {key} must be {_TYPE_WORDS[option.type]} for sampler {name}, "
+                                     f"got {value!r}")
+        if not option._in_range(value):
+            raise SamplerOptionError(f"{where} {key} must be {option.rule()} for sampler {name}, got {value!r}")
 
 
 def steps_for_nfe(sampler: str, nfe: int) -> int:
@@ -439,6 +480,8 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
         raise NFEError(f"NFE must be a positive integer, got {nfe!r}") from None
     if isinstance(nfe, bool) or budget <= 0:
         raise NFEError(f"NFE must be a positive integer, got {nfe!r}")
+    if budget > MAX_NFE:
+        raise NFEError(f"NFE must be at most {MAX_NFE} denoiser calls per image, got {budget}")
     steps = max(1, spec.steps_of_nfe(budget))  # computed, not searched: a huge budget must not hang
     if spec.nfe_of_steps(steps) == budget:
         return steps

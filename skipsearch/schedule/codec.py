@@ -121,13 +121,10 @@ def from_json(cls: type[S], text: str, *, expect_model: ModelIdentity | None = N
 
 def load(cls: type[S], path: str | os.PathLike, *, expect_model: ModelIdentity | None = None) -> S:
     """Read a schedule file; every error message starts with the path."""
+    from skipsearch.inputs import read_user_text
     path = Path(path)
-    if not path.is_file():
-        raise ScheduleError(f"schedule file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScheduleError(f"{path}: cannot read schedule file: {exc}") from None
+    # A regular file of sensible size only: a FIFO would block, /dev/zero would read until memory runs out.
+    text = read_user_text(path, "schedule file", error=ScheduleError)
     try:
         return from_json(cls, text, expect_model=expect_model, source=str(path))
     except ScheduleError as exc:

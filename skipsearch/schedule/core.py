@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from skipsearch.schedule import codec, families
-from skipsearch.schedule.limits import EPS_SCALE_RANGE, LAYER_WISE_BOUNDS, RHO_RANGE
+from skipsearch.schedule.limits import EPS_SCALE_RANGE, LAYER_WISE_BOUNDS, MAX_NFE, RHO_RANGE
 from skipsearch.schedule.validation import (
     ScheduleError,
     fmt,
@@ -36,6 +36,14 @@ from skipsearch.schedule.values import Churn, ModelIdentity, TimeGrid
 __all__ = ["Churn", "ModelIdentity", "ScheduleError", "SkipSchedule", "TimeGrid"]
 
 _METADATA_FIELDS = ("model", "sampler", "nfe", "provenance", "sampler_options", "nfe_set")
+
+
+def _nfe(value: Any, where: str) -> int:
+    nfe = positive_int(value, where)
+    if nfe > MAX_NFE:
+        raise ScheduleError(f"{where}: {nfe} is more than {MAX_NFE}, the most denoiser calls per image skipsearch "
+                            "samples with")
+    return nfe
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,7 +90,7 @@ class SkipSchedule:
             raise ScheduleError(f"schedule.grid: must be a TimeGrid or None, got {fmt(self.grid)}")
         if isinstance(self.nfe_set, (str, bytes)) or not isinstance(self.nfe_set, (list, tuple)):
             raise ScheduleError(f"schedule.nfe_set: must be a list of NFEs, got {fmt(self.nfe_set)}")
-        nfes = tuple(positive_int(v, f"schedule.nfe_set[{i}]") for i, v in enumerate(self.nfe_set))
+        nfes = tuple(_nfe(v, f"schedule.nfe_set[{i}]") for i, v in enumerate(self.nfe_set))
         if len(set(nfes)) != len(nfes):
             raise ScheduleError(f"schedule.nfe_set: {list(nfes)} repeats an NFE")
         object.__setattr__(self, "nfe_set", tuple(sorted(nfes)))
@@ -102,7 +110,7 @@ class SkipSchedule:
         if self.sampler is not None and (not isinstance(self.sampler, str) or not self.sampler):
             raise ScheduleError(f"schedule.sampler: {fmt(self.sampler)} must be a non-empty string or null")
         if self.nfe is not None:
-            object.__setattr__(self, "nfe", positive_int(self.nfe, "schedule.nfe"))
+            object.__setattr__(self, "nfe", _nfe(self.nfe, "schedule.nfe"))
             if self.nfe_set and self.nfe not in self.nfe_set:
                 raise ScheduleError(f"schedule.nfe: {self.nfe} is not in its nfe_set {list(self.nfe_set)}")
         object.__setattr__(self, "_torch_cache", {})

@@ -8,17 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from skipsearch.errors import SkipsearchError
+from skipsearch.schedule.errors import ScheduleError
 
 __all__ = ["ScheduleError", "encode_floats", "float_for_json", "fmt", "is_number", "jsonable", "positive_int",
            "to_float", "validate_bounds"]
 
 _INF_STRINGS = {"inf": math.inf, "+inf": math.inf, "infinity": math.inf, "+infinity": math.inf,
                 "-inf": -math.inf, "-infinity": -math.inf, "nan": math.nan}
-
-
-class ScheduleError(SkipsearchError, ValueError):
-    """One-line, actionable message naming the offending field, e.g. 'schedule.rho[1][3]: 2.5 is outside [0, 2]'."""
 
 
 def fmt(value: Any) -> str:

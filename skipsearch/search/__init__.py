@@ -1,1 +1,3 @@
-"""Stages 5-6, objective and search: study definitions (torch-free), spaces, trial kinds, the Optuna session."""
+"""What a trial is: study definitions (torch-free), search spaces, the objective that scores a trial, the rho
+calibration, Optuna samplers and pruners, and the validation of the winners. How trials run is
+:mod:`skipsearch.execution`."""

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from skipsearch.schedule import SkipSchedule
 from skipsearch.schedule.limits import RHO_RANGE
 from skipsearch.search.objective import TRIAL_FAILURES
-from skipsearch.search.records import Calibration
+from skipsearch.store.records import Calibration
 
 DEFAULT_GRID = tuple(round(0.4 + 0.1 * i, 2) for i in range(13))  # 0.4 ... 1.6
 DEFAULT_TOLERANCE = 1.5
@@ -51,23 +51,42 @@ def choose_bounds(rho: Sequence[float], proxy: Sequence[float | None], untuned: 
 
 
 def calibrate(evaluate: Callable[[SkipSchedule | None], float], num_skip_points: int, *, n: int,
-              grid: Sequence[float] = DEFAULT_GRID, tolerance: float = DEFAULT_TOLERANCE) -> Calibration:
-    """Run the sweep; ``evaluate(schedule)`` is the proxy at ``n`` images (None: untuned)."""
-    untuned = evaluate(None)
+              grid: Sequence[float] = DEFAULT_GRID, tolerance: float = DEFAULT_TOLERANCE,
+              evaluate_many: Callable[[list[SkipSchedule | None]], list[float | None]] | None = None
+              ) -> Calibration:
+    """Run the sweep; ``evaluate(schedule)`` is the proxy at ``n`` images (None: untuned).
 
-    def sweep(points: Sequence[float]) -> list[float | None]:
+    ``evaluate_many(schedules)`` scores a list at once (None where one fails; e.g. spread over Ray workers); the
+    untuned value and the grid then go out together, and a failure of the untuned model is raised by ``evaluate``.
+    """
+
+    def one_by_one(schedules: list[SkipSchedule | None]) -> list[float | None]:
         values: list[float | None] = []
-        for rho in points:
-            if abs(rho - 1.0) < 1e-12:
-                values.append(untuned)
-                continue
+        for schedule in schedules:
             try:
-                values.append(evaluate(SkipSchedule.constant(rho, num_skip_points)))
+                values.append(evaluate(schedule))
             except TRIAL_FAILURES:
                 values.append(None)
         return values
 
-    points, values = list(grid), sweep(grid)
+    score = evaluate_many or one_by_one
+    grid = list(grid)
+    off_centre = [rho for rho in grid if abs(rho - 1.0) >= 1e-12]
+    if evaluate_many is None:
+        untuned, first = evaluate(None), None
+    else:
+        untuned, *first = score([None, *(SkipSchedule.constant(rho, num_skip_points) for rho in off_centre)])
+        if untuned is None:
+            untuned = evaluate(None)  # raises the model's own failure (e.g. degenerate images at rho = 1)
+
+    def sweep(points: Sequence[float], known: list[float | None] | None = None) -> list[float | None]:
+        if known is None:
+            known = score([SkipSchedule.constant(rho, num_skip_points) for rho in points
+                           if abs(rho - 1.0) >= 1e-12])
+        scored = iter(known)
+        return [untuned if abs(rho - 1.0) < 1e-12 else next(scored) for rho in points]
+
+    points, values = grid, sweep(grid, first)
     step = min(b - a for a, b in zip(points, points[1:]))
 
     def good(value: float | None) -> bool:

@@ -12,27 +12,22 @@ import os
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import tomllib
-
-from skipsearch.errors import SkipsearchError
 from skipsearch.proxy.config import ProxyConfig
-from skipsearch.schedule.limits import EPS_SCALE_RANGE, RHO_RANGE
-from skipsearch.search.records import REVIEW_SUFFIX, is_review_study
+from skipsearch.schedule.limits import EPS_SCALE_RANGE, MAX_NFE, RHO_RANGE
+from skipsearch.search.errors import StudyDefinitionError
 from skipsearch.search.strategies import OPTUNA_SAMPLERS, PRUNERS
+from skipsearch.store.records import REVIEW_SUFFIX, is_review_study
 
 if TYPE_CHECKING:
     from skipsearch.settings import Settings
 
 # Study files ship inside the package (skipsearch/studies is the repository's studies/ folder, linked).
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
-
-
-class StudyDefinitionError(SkipsearchError, ValueError):
-    """A malformed study file or an impossible combination; the message names the file and field."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +100,27 @@ class StudyDefinition:
         if self.nfes:  # left out for one NFE, so existing studies keep their names
             parts["nfes"] = list(self.nfes)
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+    @classmethod
+    def from_options(cls, *, study: str | os.PathLike | StudyDefinition | None = None, model: str | None = None,
+                     nfe: int | None = None, sampler: str | None = None, nfes: Sequence[int] | None = None,
+                     settings: Settings | None = None, **overrides: Any) -> StudyDefinition:
+        """The one way options become a study (CLI and Python): the study given (file or definition), else the
+        default study of ``model`` (``edm`` when None), then every option given. ``model`` replaces a study's own
+        model only when given; with ``nfes`` and no ``nfe``, the middle NFE is the one a reviewer's grids show.
+        The result is validated."""
+        if isinstance(study, StudyDefinition):
+            base = study
+        elif study is not None:
+            base = load_study_file(study)
+        else:
+            base = default_study(model or "edm", sampler, nfe, settings=settings)
+        if nfes and nfe is None and base.nfe not in nfes:
+            nfe = sorted(nfes)[len(nfes) // 2]
+        definition = base.override(model=model, nfe=nfe, sampler=sampler, nfes=tuple(nfes) if nfes else None,
+                                   **overrides)
+        validate(definition)
+        return definition
 
     def override(self, **changes: Any) -> StudyDefinition:
         """Apply command-line flags (None means 'not given'); nested fields as ``proxy__metric`` etc."""
@@ -251,6 +267,10 @@ def validate(definition: StudyDefinition) -> None:
                                    f"{name.removesuffix(REVIEW_SUFFIX)!r}); run trials in that study instead")
     if definition.trials < 1:
         raise StudyDefinitionError(f"{where}: trials must be a positive integer, got {definition.trials!r}")
+    for nfe in (definition.nfe, *definition.nfes):  # a grid of steps is allocated whole: a huge NFE exhausts memory
+        if not 1 <= nfe <= MAX_NFE:
+            raise StudyDefinitionError(f"{where}: nfe must be in [1, {MAX_NFE}] (denoiser calls per image), "
+                                       f"got {nfe!r}")
     nfes = definition.nfes
     if nfes and (any(n < 1 for n in nfes) or len(set(nfes)) != len(nfes) or len(nfes) < 2):
         raise StudyDefinitionError(f"{where}: nfes must be two or more different positive NFEs, got {list(nfes)}")
@@ -280,13 +300,9 @@ def validate(definition: StudyDefinition) -> None:
 
 
 def load_study_file(path: str | os.PathLike) -> StudyDefinition:
+    from skipsearch.inputs import read_user_toml
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise StudyDefinitionError(f"study file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise StudyDefinitionError(f"{path}: not valid TOML ({exc})") from None
+    data = read_user_toml(path, "study file", error=StudyDefinitionError)  # a regular file of sensible size only
     return parse_study(data, str(path))
 
 

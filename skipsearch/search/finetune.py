@@ -50,11 +50,11 @@ from skipsearch.models.edm import EDMAdapter
 from skipsearch.proxy.fid_proxy import FidProxy, ProxyResult
 from skipsearch.schedule import ModelIdentity, SkipSchedule
 from skipsearch.search.definition import SearchConfig, StudyDefinitionError
-from skipsearch.search.objective import TRIAL_FAILURES, Objective
-from skipsearch.search.records import StudyRecord, TrialRecord
+from skipsearch.search.objective import TRIAL_FAILURES, Objective, TrialArtifacts
 from skipsearch.search.spaces import SearchSpace
 from skipsearch.search.validation import validation_candidates
 from skipsearch.settings import Settings
+from skipsearch.store.records import StudyRecord, TrialRecord
 from skipsearch.training.loop import TrainConfig, TrainResult, train
 from skipsearch.training.s2dm import S2DMLoss
 
@@ -100,13 +100,14 @@ class FinetuneBudget:
 
 
 @lru_cache(maxsize=2)
-def training_images(dataset: str, split: str = "train") -> torch.Tensor:
-    """The proxy's data set as float images in [-1,1] (loaded once per process)."""
-    from skipsearch.proxy.stats import DATASETS
+def training_images(dataset: str, split: str = "train", settings: Settings | None = None) -> torch.Tensor:
+    """The proxy's data set as float images in [-1,1] (loaded once per process and ``settings``: where the data set
+    lives, see :func:`skipsearch.proxy.stats.load_dataset`)."""
+    from skipsearch.proxy.stats import DATASETS, load_dataset
     if dataset not in DATASETS:
         raise DatasetError(f"S²-DM fine-tuning needs the model's training data; data set {dataset!r} is not "
                            f"available (known: {', '.join(sorted(DATASETS))})")
-    return to_model_range(DATASETS[dataset](split))
+    return to_model_range(load_dataset(dataset, split, settings))
 
 
 def finetune_network(base: nn.Module, images: torch.Tensor, *, tau: float, skip: int, lr: float, num_steps: int,
@@ -163,9 +164,9 @@ class FinetuneObjective(Objective):
 
     def __init__(self, adapter: SkipAdapter, proxy: FidProxy, space: SearchSpace, *, space_name: str,
                  study: optuna.Study, search: SearchConfig, weights_dir: str | os.PathLike,
-                 artifact_store: Any | None = None, budget: FinetuneBudget | None = None,
+                 artifacts: TrialArtifacts | None = None, budget: FinetuneBudget | None = None,
                  images: torch.Tensor | None = None):
-        super().__init__(adapter, proxy, space, space_name=space_name, artifact_store=artifact_store)
+        super().__init__(adapter, proxy, space, space_name=space_name, artifacts=artifacts)
         if not getattr(space, "finetune", None):
             raise ValueError(f"space {space_name!r} is not a fine-tuning space")
         if not isinstance(adapter, EDMAdapter):  # the loss calls net(x, sigma, labels) and returns D (EDM units)
@@ -179,7 +180,7 @@ class FinetuneObjective(Objective):
                                    f"{proxy.config.dataset!r} is not available "
                                    f"(known: {', '.join(sorted(DATASETS))})")
         self.study, self.search, self.weights_dir = study, search, Path(weights_dir)
-        self.budget = budget if budget is not None else FinetuneBudget.from_settings(Settings.from_env())
+        self.budget = budget if budget is not None else FinetuneBudget.from_settings(proxy.settings)
         self.eval_n = proxy.config.rungs[-1]
         self._images = images
         self._validated: dict[int, float] = {}
@@ -191,7 +192,7 @@ class FinetuneObjective(Objective):
     # --- helpers ----------------------------------------------------------------------------------------------------
     def training_images(self) -> torch.Tensor:
         if self._images is None:
-            self._images = training_images(self.proxy.config.dataset)
+            self._images = training_images(self.proxy.config.dataset, settings=self.proxy.settings)
         if tuple(self._images.shape[1:]) != tuple(self.adapter.img_shape):
             raise DatasetError(f"training images {tuple(self._images.shape[1:])} do not match the model's "
                                f"{tuple(self.adapter.img_shape)}")
@@ -265,7 +266,7 @@ class FinetuneObjective(Objective):
                         seeds=f"{result.seeds[0]}-{result.seeds[1] - 1}", denoiser_calls=state["calls"],
                         extractor=result.extractor, rungs={result.n: result.value},
                         wall_seconds=round(time.perf_counter() - start, 3))
-        if self.artifact_store is not None and result.preview is not None:
+        if self.artifacts is not None and result.preview is not None:
             self._upload_grid(trial, result.preview)
         self.drop_weights(current=(trial.number, result.value, bool(TrialRecord.read(trial).baseline)))
         return result.value
@@ -273,7 +274,8 @@ class FinetuneObjective(Objective):
     # --- which weights are kept -------------------------------------------------------------------------------------
     def validation_candidates(self, extra: tuple[int, float, bool] | None = None) -> list[int]:
         """Trial numbers validation will re-score: the top ``validate_top_k`` complete trials and the baselines."""
-        return validation_candidates(self.study.get_trials(deepcopy=False), self.search.validate_top_k, extra)
+        return validation_candidates(self.study.get_trials(deepcopy=False), self.search.validate_top_k, extra,
+                                     metric=self.proxy.config.metric)
 
     def drop_weights(self, current: tuple[int, float, bool] | None = None,
                      keep: set[int] | None = None) -> list[Path]:

@@ -2,39 +2,48 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 import torch
 
-from skipsearch.export.figures import rho_heatmap, side_by_side
-from skipsearch.export.images import save_grid
 from skipsearch.models.adapter import SkipAdapter
-from skipsearch.proxy.errors import NonFiniteError
+from skipsearch.proxy.errors import NonFiniteFeaturesError
 from skipsearch.proxy.fid_proxy import FidProxy, RungResult
 from skipsearch.sampling.generate import DegenerateOutputError, NonFiniteOutputError, generate
 from skipsearch.sampling.samplers import GridError
 from skipsearch.schedule import SkipSchedule
-from skipsearch.search.records import TrialRecord
 from skipsearch.search.spaces import SearchSpace
+from skipsearch.store.records import TrialRecord
+from skipsearch.training.loop import TrainingDivergedError
 
 # Failures that belong to a trial (its schedule), not to the study: the trial is FAIL and the study goes on.
-TRIAL_FAILURES: tuple[type[BaseException], ...] = (NonFiniteOutputError, DegenerateOutputError, NonFiniteError,
-                                                     GridError, torch.OutOfMemoryError, MemoryError)
+# A fine-tuning trial whose training loss diverged (its learning rate) is one of them.
+TRIAL_FAILURES: tuple[type[BaseException], ...] = (NonFiniteOutputError, DegenerateOutputError,
+                                                     NonFiniteFeaturesError, GridError, TrainingDivergedError,
+                                                     torch.OutOfMemoryError, MemoryError)
 PREVIEW_IMAGES = 16  # images of a trial shown in its artifacts (the first seeds of its first rung)
+
+
+class TrialArtifacts(Protocol):
+    """Where a trial's pictures go (``skipsearch.export.artifacts.TrialArtifacts``: Optuna's artifact store)."""
+
+    store: Any
+
+    def write(self, trial: optuna.Trial, images: torch.Tensor, untuned: torch.Tensor, *,
+              schedule: dict[str, Any] | None, resolutions: Sequence[int], title: str,
+              caption: str) -> dict[str, str]: ...
 
 
 class Objective:
     """Callable for ``study.optimize``; holds the model and proxy so a worker loads them once."""
 
     def __init__(self, adapter: SkipAdapter, proxy: FidProxy, space: SearchSpace, *, space_name: str,
-                 artifact_store: Any | None = None):
+                 artifacts: TrialArtifacts | None = None):
         self.adapter, self.proxy, self.space, self.space_name = adapter, proxy, space, space_name
-        self.artifact_store = artifact_store
+        self.artifacts = artifacts  # None: no pictures (benchmarks, tests)
         # rho = 1 on the preview seeds, per (first seed, count): sampled once per process (with common random
         # numbers every trial previews the same seeds), or taken from the untuned baseline trial for free.
         self._untuned_previews: dict[tuple[int, int], torch.Tensor] = {}
@@ -87,7 +96,7 @@ class Objective:
             TrialRecord.put(trial, rungs={rung.n: rung.value})
             if trial.should_prune():
                 TrialRecord.put(trial, wall_seconds=round(time.perf_counter() - start, 3))
-                if self.artifact_store is not None:  # a reviewer sees what was pruned, too (16 more images)
+                if self.artifacts is not None:  # a reviewer sees what was pruned, too (16 more images)
                     count = min(PREVIEW_IMAGES, rung.n)
                     images = (self.untuned_preview(first_seeds[j], count) if _untuned(schedule)
                               else self._preview(schedule, first_seeds[j], count))
@@ -111,7 +120,7 @@ class Objective:
                             wall_seconds=round(time.perf_counter() - start, 3))
             if result.preview is not None and _untuned(schedule):
                 self._untuned_previews.setdefault((result.seeds[0], len(result.preview)), result.preview.cpu())
-            if self.artifact_store is not None and result.preview is not None:
+            if self.artifacts is not None and result.preview is not None:
                 self._upload_grid(trial, result.preview, first_seed=result.seeds[0])
             outcomes.append(result.value)
         return outcomes
@@ -183,7 +192,7 @@ class Objective:
                             feature_seconds=round(sum(r.feature_seconds for r in mine), 3),
                             extractor=first.extractor, wall_seconds=round(time.perf_counter() - start, 3))
             shown = mine[nfes.index(self.proxy.nfe)] if self.proxy.nfe in nfes else first
-            if self.artifact_store is not None and shown.preview is not None:
+            if self.artifacts is not None and shown.preview is not None:
                 self._upload_grid(trial, shown.preview, first_seed=shown.seeds[0])
             outcomes.append(sum(r.value / references[k][r.n] for k, r in zip(nfes, mine)) / len(nfes))
         return outcomes
@@ -203,29 +212,17 @@ class Objective:
         return self._untuned_previews[key]
 
     def _upload_grid(self, trial: optuna.Trial, images: torch.Tensor, first_seed: int | None = None) -> None:
-        """The trial's artifacts: its sample grid, its rho heatmap and its grid beside rho = 1 on the same seeds."""
-        from optuna.artifacts import upload_artifact
+        """The trial's pictures (:class:`TrialArtifacts`): its grid, rho heatmap, and grid beside rho = 1."""
         record = TrialRecord.read(trial)
         if first_seed is None:  # the seeds written by the objective ("0-399"), else the configured offset
             first_seed = int(record.seeds.split("-")[0]) if record.seeds else self.proxy.config.seed_offset
-        untuned = self.untuned_preview(first_seed, len(images))
         label = record.baseline or record.warm_start or self.space_name
-        seeds = f"seeds {first_seed}-{first_seed + len(images) - 1}"
         where = f"{self.proxy.sampler} NFE {self.proxy.nfe}"
-        ids: dict[str, str] = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            folder, n = Path(tmp), trial.number
-            files = {"sample_grid_artifact": save_grid(images, folder / f"trial-{n}-samples.png", scale=2)}
-            if record.schedule:
-                files["rho_heatmap_artifact"] = rho_heatmap(
-                    record.schedule, [p.resolution for p in self.adapter.skip_points],
-                    f"trial {n} · {label} · {where}", path=folder / f"trial-{n}-rho.png")
-            files["side_by_side_artifact"] = side_by_side(
-                images.cpu(), untuned, (f"trial {n}", "rho = 1 (untuned)"), f"{seeds} · {where}",
-                path=folder / f"trial-{n}-vs-untuned.png")
-            for field_name, path in files.items():
-                ids[field_name] = upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
-                                                  study_or_trial=trial, mimetype="image/png")
+        ids = self.artifacts.write(trial, images, self.untuned_preview(first_seed, len(images)),
+                                   schedule=record.schedule,
+                                   resolutions=[p.resolution for p in self.adapter.skip_points],
+                                   title=f"trial {trial.number} · {label} · {where}",
+                                   caption=f"seeds {first_seed}-{first_seed + len(images) - 1} · {where}")
         TrialRecord.put(trial, **ids)
 
 

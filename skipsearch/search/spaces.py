@@ -17,17 +17,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from skipsearch.errors import SkipsearchError
 from skipsearch.registry import Registry
 from skipsearch.sampling.grids import karras_interval_bounds, karras_sigmas
 from skipsearch.sampling.samplers import SAMPLERS, get_sampler, steps_for_nfe
 from skipsearch.schedule import Churn, SkipSchedule, TimeGrid
 from skipsearch.schedule.families import linear_rho
 from skipsearch.search.definition import SpaceBounds
-
-
-class UnknownSpaceError(SkipsearchError, ValueError):
-    """A search-space name that does not exist."""
+from skipsearch.search.errors import UnknownSpaceError
 
 
 @dataclass(frozen=True)
@@ -57,11 +53,6 @@ def samplers_for(nfes: tuple[int, ...] | list[int]) -> tuple[str, ...]:
     return tuple(name for name in SAMPLERS if all(exact(name, nfe) for nfe in nfes))
 
 
-# The searched options of each sampler ('+sampler' spaces); a sampler not listed has none. Defaults are the baselines.
-SAMPLER_CHOICES: dict[str, dict[str, tuple]] = {
-    "unipc": {"order": ("int", 1, 3, 3), "variant": ("categorical", ("bh1", "bh2"), "bh1")},
-    "ddim": {"eta": ("float", 0.0, 1.0, 0.0)},
-}
 GRID_RHO = (2.0, 14.0)  # Karras exponent of the '+grid' part (EDM's default 7)
 GRID_SIGMA_MIN_SPAN = 50.0  # sigma_min searched in [model min, 50 x model min] (log)
 GRID_SIGMA_MAX_SPAN = 8.0  # sigma_max searched in [model max / 8, model max] (log)
@@ -128,19 +119,20 @@ class SearchSpace(abc.ABC):
     def _suggest_sampler(self, trial: Any) -> tuple[str, dict[str, Any]]:
         name = trial.suggest_categorical("sampler", list(self.ctx.samplers))
         options: dict[str, Any] = {}
-        for option, (kind, *rule) in SAMPLER_CHOICES.get(name, {}).items():
+        # The searched options and their ranges are the sampler's spec (SamplerSpec.options, SamplerOption.search).
+        for option, spec in get_sampler(name).searched_options().items():
             param = f"{name}_{option}"
-            if kind == "int":
-                options[option] = trial.suggest_int(param, rule[0], rule[1])
-            elif kind == "float":
-                options[option] = trial.suggest_float(param, rule[0], rule[1])
+            if spec.type is int:
+                options[option] = trial.suggest_int(param, *spec.search)
+            elif spec.type is float:
+                options[option] = trial.suggest_float(param, *spec.search)
             else:
-                options[option] = trial.suggest_categorical(param, list(rule[0]))
+                options[option] = trial.suggest_categorical(param, list(spec.search))
         return name, options
 
     def _sampler_baseline(self, name: str) -> dict[str, Any]:
-        return {"sampler": name, **{f"{name}_{option}": rule[-1]
-                                    for option, rule in SAMPLER_CHOICES.get(name, {}).items()}}
+        return {"sampler": name, **{f"{name}_{option}": spec.default
+                                    for option, spec in get_sampler(name).searched_options().items()}}
 
     def _ays_baseline(self) -> dict[str, float]:
         """A free grid of Align-Your-Steps' shape (AYS_EDM_SIGMAS, log-linearly interpolated to this grid's knots
@@ -284,7 +276,6 @@ class LinearInTimeSpace(SearchSpace):
 
     def _linear_params(self, rho_bottom, rho_top):
         return {"direction": "decreasing", "rho_0": float(rho_bottom)}
-
 
 
 def sigma_profile_bounds(sigma_min: float, sigma_max: float,
@@ -501,6 +492,7 @@ def _nfe_of(ctx: SpaceContext) -> int:
 class Baseline:
     label: str
     params: dict[str, Any] = field(default_factory=dict)
+    kind: str = "untuned"  # skipsearch.store.records.BASELINE_KINDS
 
 
 def baselines(space: SearchSpace, nfe: int) -> list[Baseline]:
@@ -517,14 +509,14 @@ def baselines(space: SearchSpace, nfe: int) -> list[Baseline]:
         label = (f"{tuned}paper recipe (linear {bottom:.2f}->1.0, clipped to the bounds [{lo:g}, {hi:g}]: "
                  f"{clipped[0]:g}->{clipped[1]:g})")
     if space.searches_rho:
-        paper = Baseline(label, space.baseline(bottom))
+        paper = Baseline(label, space.baseline(bottom), kind="paper")
         if paper.params != out[0].params:
             out.append(paper)
     if space.grid == "knots" and space.ctx.default_spacing == "karras":
         out.append(Baseline("untuned (rho=1), Align-Your-Steps grid shape",
-                            {**out[0].params, **space._ays_baseline()}))
+                            {**out[0].params, **space._ays_baseline()}, kind="grid"))
     if space.choose_sampler:
         untuned = out[0].params
-        out += [Baseline(f"untuned (rho=1), {name}", {**untuned, **space._sampler_baseline(name)})
+        out += [Baseline(f"untuned (rho=1), {name}", {**untuned, **space._sampler_baseline(name)}, kind="sampler")
                 for name in space.ctx.samplers if name != untuned["sampler"]]
     return out

@@ -11,8 +11,8 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from skipsearch.errors import SkipsearchError
 from skipsearch.registry import Registry
+from skipsearch.search.errors import UnknownStrategyError
 
 if TYPE_CHECKING:
     import optuna
@@ -25,10 +25,6 @@ class SearchConfig(Protocol):
     pruner: str
     seed: int
     reduction_factor: int
-
-
-class UnknownStrategyError(SkipsearchError, ValueError):
-    """An Optuna sampler or pruner name that is not registered."""
 
 
 # name -> factory(config, n_startup_trials) -> sampler

@@ -14,16 +14,17 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from skipsearch.models import SkipAdapter
+from skipsearch.proxy.config import METRICS
 from skipsearch.proxy.fid_proxy import FidProxy
 from skipsearch.schedule import SkipSchedule
 from skipsearch.search.definition import StudyDefinition
 from skipsearch.search.objective import TRIAL_FAILURES
-from skipsearch.search.records import StudyRecord, TrialRecord, Validated
 from skipsearch.store import BestStore, Validation
+from skipsearch.store.records import StudyRecord, TrialRecord, Validated
 
 
 class StudySession(Protocol):
-    """What validation needs of :class:`skipsearch.search.session.StudySession`."""
+    """What validation needs of :class:`skipsearch.execution.session.StudySession`."""
 
     definition: StudyDefinition
     adapter: SkipAdapter
@@ -34,7 +35,7 @@ class StudySession(Protocol):
 
 
 def validation_candidates(trials: Iterable[FrozenTrial], top_k: int,
-                          extra: tuple[int, float, bool] | None = None) -> list[int]:
+                          extra: tuple[int, float, bool] | None = None, metric: str = "fid") -> list[int]:
     """Numbers of the trials to re-score: the ``top_k`` best complete ones, then every baseline with a schedule
     (pruned baselines too: the lift is always reported against both). ``extra`` is (number, value, is_baseline)
     of a trial finishing right now."""
@@ -50,7 +51,7 @@ def validation_candidates(trials: Iterable[FrozenTrial], top_k: int,
         complete.append(extra)
         if extra[2]:
             baselines.append(extra[0])
-    ranked = [n for n, _, _ in sorted(complete, key=lambda row: row[1])[:top_k]]
+    ranked = [n for n, _, _ in sorted(complete, key=lambda row: METRICS.get(metric).sort_key(row[1]))[:top_k]]
     return ranked + [n for n in dict.fromkeys(baselines) if n not in ranked]
 
 
@@ -63,7 +64,10 @@ def validate(session: StudySession, top_k: int | None = None,
     trials = {t.number: t for t in session.study.get_trials(deepcopy=False)}
     results: list = []
     references: dict[int, float] | None = None
-    for number in validation_candidates(trials.values(), config.validate_top_k if top_k is None else top_k):
+    for number in validation_candidates(trials.values(), config.validate_top_k if top_k is None else top_k,
+                                        metric=session.definition.proxy.metric):
+        if session.interrupted:  # the CLI's first Ctrl-C: stop after the candidate being scored (recorded)
+            break
         trial = trials[number]
         record = TrialRecord.read(trial)
         schedule = SkipSchedule.from_dict(record.schedule)
@@ -78,18 +82,18 @@ def validate(session: StudySession, top_k: int | None = None,
                 references = _references(session, nfes, references)
             except TRIAL_FAILURES as exc:
                 validated[number] = Validated(n=config.final_n, error=f"{type(exc).__name__}: {exc}",
-                                              baseline=record.baseline)
+                                              baseline=record.baseline, baseline_kind=record.baseline_kind)
                 study_record.set_validated(validated)
                 results.append({"trial": number, **validated[number].to_dict()})
                 continue
             seeds = f"{scored[0].seeds[0]}-{scored[0].seeds[1] - 1}"
             if len(nfes) == 1:
                 entry = Validated(n=scored[0].n, value=scored[0].value, proxy=trial.value, seeds=seeds,
-                                  baseline=record.baseline)
+                                  baseline=record.baseline, baseline_kind=record.baseline_kind)
             else:  # the mean ratio to rho = 1 over the NFEs, as the search scored it; each NFE's metric beside
                 ratio = sum(r.value / references[k] for k, r in zip(nfes, scored)) / len(nfes)
                 entry = Validated(n=config.final_n, value=ratio, proxy=trial.value, seeds=seeds,
-                                  baseline=record.baseline,
+                                  baseline=record.baseline, baseline_kind=record.baseline_kind,
                                   nfe_values={str(k): r.value for k, r in zip(nfes, scored)})
             validated[number] = entry
             study_record.set_validated(validated)
@@ -107,7 +111,8 @@ def validate(session: StudySession, top_k: int | None = None,
                     metric=session.proxy.config.metric, value=result.value, n=result.n, seeds=seeds,
                     extractor=result.extractor, extractor_sha256=result.extractor_sha256,
                     schedule_json=stored.to_json(), space=session.definition.space,
-                    study_name=session.study.study_name, trial_number=number, proxy_value=proxy_value))
+                    study_name=session.study.study_name, trial_number=number, proxy_value=proxy_value,
+                    lower_is_better=METRICS.get(session.proxy.config.metric).direction == "minimize"))
         if on_done is not None and entry.value is not None:
             on_done(trial, entry.value)
         results.append({"trial": number, **entry.to_dict()})

@@ -1,7 +1,9 @@
-"""Stage 8, the store: skipsearch's SQL tables beside Optuna's (the validated best per model, sampler, NFE)."""
+"""The floor every stage writes through: skipsearch's SQL tables beside Optuna's (the validated best per model,
+sampler, NFE; the frontier), the Optuna storage and artifact folder, and the schema of what a trial records."""
 
 from skipsearch.store.best import BestKey, BestRow, BestStore, Validation, ValidationRow
 from skipsearch.store.engine import StoreError, connect, default_storage_url, redact_url
+from skipsearch.store.limits import FrontierKey, FrontierStore  # registers the frontier tables with ensure_schema
 from skipsearch.store.migrations import MIGRATIONS, SCHEMA_VERSION, ensure_schema
 from skipsearch.store.tables import Base, BestRecord, SchemaVersion, ValidationRecord
 
@@ -13,6 +15,8 @@ __all__ = [
     "BestRecord",
     "BestRow",
     "BestStore",
+    "FrontierKey",
+    "FrontierStore",
     "SchemaVersion",
     "StoreError",
     "Validation",

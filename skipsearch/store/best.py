@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -51,22 +50,22 @@ class BestKey:
     nfe: int
 
 
-@dataclass(kw_only=True)
-class Validation:
-    """One validated measurement of a schedule (``value``: lower is better, measured on ``n`` images)."""
+@dataclass(frozen=True, kw_only=True)
+class ResultFields:
+    """What every stored result says (the columns of :class:`skipsearch.store.tables.ResultColumns` but the id and
+    the time); :class:`Validation`, :class:`BestRow` and :class:`ValidationRow` add their own."""
 
     model_name: str
     weights_sha256: str
     sampler: str
     nfe: int
+    space: str
     metric: str
     value: float
     n: int
-    seeds: str
     extractor: str
-    schedule_json: str
-    space: str
     extractor_sha256: str = ""
+    schedule_json: str
     study_name: str | None = None
     trial_number: int | None = None
     proxy_value: float | None = None
@@ -74,6 +73,20 @@ class Validation:
     @property
     def key(self) -> BestKey:
         return BestKey(self.model_name, self.weights_sha256, self.sampler, self.nfe)
+
+    @property
+    def schedule(self) -> dict[str, Any]:
+        """The schedule document (parse with ``SkipSchedule.from_json`` where a schedule object is needed)."""
+        return json.loads(self.schedule_json)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Validation(ResultFields):
+    """One validated measurement of a schedule (``value`` measured on ``n`` images; ``lower_is_better`` is the
+    metric's direction, which the caller knows from the metric's spec: the store keeps only strictly better)."""
+
+    seeds: str
+    lower_is_better: bool = True  # not stored
 
     def check(self) -> None:
         """Raise ValueError (one line) for a record that must not be stored."""
@@ -94,31 +107,19 @@ class Validation:
             raise ValueError(f"validation.schedule_json: not valid JSON ({exc})") from None
 
 
-@dataclass(frozen=True)
-class BestRow:
-    """A row of ``skipsearch_best``."""
+@dataclass(frozen=True, kw_only=True)
+class StoredRow(ResultFields):
+    """A stored result: its row id and when it was written."""
 
     id: int
-    model_name: str
-    weights_sha256: str
-    sampler: str
-    nfe: int
-    space: str
-    metric: str
-    value: float
-    n: int
-    extractor: str
-    extractor_sha256: str
-    schedule_json: str
-    study_name: str | None
-    trial_number: int | None
-    proxy_value: float | None
     created_at: datetime
-    updated_at: datetime
 
-    @property
-    def key(self) -> BestKey:
-        return BestKey(self.model_name, self.weights_sha256, self.sampler, self.nfe)
+
+@dataclass(frozen=True, kw_only=True)
+class BestRow(StoredRow):
+    """A row of ``skipsearch_best``."""
+
+    updated_at: datetime
 
     def is_untuned(self) -> bool:
         """True when the stored best is rho = 1 everywhere with no epsilon scaling or churn: nothing beat it."""
@@ -127,41 +128,18 @@ class BestRow:
         churn = (doc.get("churn") or {}).get("s_churn", 0)
         return bool(flat) and all(v == 1.0 for v in flat) and doc.get("eps_scale", 1.0) == 1.0 and not churn
 
-    @property
-    def schedule(self) -> dict[str, Any]:
-        """The schedule document (parse with ``SkipSchedule.from_json`` where a schedule object is needed)."""
-        return json.loads(self.schedule_json)
 
-
-@dataclass(frozen=True)
-class ValidationRow:
+@dataclass(frozen=True, kw_only=True)
+class ValidationRow(StoredRow):
     """A row of ``skipsearch_validation``."""
 
-    id: int
-    model_name: str
-    weights_sha256: str
-    sampler: str
-    nfe: int
-    study_name: str | None
-    trial_number: int | None
-    metric: str
-    value: float
-    n: int
     seeds: str
-    extractor: str
-    extractor_sha256: str
-    space: str
-    proxy_value: float | None
-    schedule_json: str
-    created_at: datetime
-
-    @property
-    def key(self) -> BestKey:
-        return BestKey(self.model_name, self.weights_sha256, self.sampler, self.nfe)
 
 
-_BEST_FIELDS = [f for f in BestRow.__dataclass_fields__]
-_VALIDATION_FIELDS = [f for f in ValidationRow.__dataclass_fields__]
+_RESULT_FIELDS = [f.name for f in fields(ResultFields)]
+_KEY_FIELDS = {f.name for f in fields(BestKey)}
+_BEST_FIELDS = [f.name for f in fields(BestRow)]
+_VALIDATION_FIELDS = [f.name for f in fields(ValidationRow)]
 
 
 def _best_row(rec: BestRecord) -> BestRow:
@@ -187,11 +165,15 @@ class BestStore:
     Safe for many concurrent workers (threads or processes) on the same database; one instance may also be shared by
     threads. Values are compared only within the same metric: a validation whose metric differs from the stored
     best's is kept in history but never replaces it.
+
+    Without ``url``, :func:`default_storage_url` (the environment's settings); ``lock_timeout``: the caller's
+    ``settings.lock_timeout`` (None: the built-in default, see :func:`connect`).
     """
 
-    def __init__(self, url: str | None = None, *, retries: int = 3, backoff: float = 0.5) -> None:
+    def __init__(self, url: str | None = None, *, retries: int = 3, backoff: float = 0.5,
+                 lock_timeout: float | None = None) -> None:
         self.url = url or default_storage_url()
-        self.engine = connect(self.url, retries=retries, backoff=backoff)
+        self.engine = connect(self.url, retries=retries, backoff=backoff, lock_timeout=lock_timeout)
         try:
             ensure_schema(self.engine)
         except StoreError:
@@ -200,7 +182,7 @@ class BestStore:
         except SQLAlchemyError as exc:
             self.engine.dispose()
             raise StoreError(f"cannot prepare skipsearch tables in {redact_url(self.url)}: "
-                             f"{_reason(exc, make_url(self.url))}; {_HINT}") from None
+                             f"{_reason(exc, self.url)}; {_HINT}") from None
 
     def __repr__(self) -> str:
         return f"BestStore({redact_url(self.url)!r})"
@@ -222,28 +204,22 @@ class BestStore:
 
     def _record_once(self, v: Validation) -> bool:
         now = _now()
-        best_values = dict(space=v.space, metric=v.metric, value=float(v.value), n=v.n, extractor=v.extractor,
-                           extractor_sha256=v.extractor_sha256, schedule_json=v.schedule_json,
-                           study_name=v.study_name, trial_number=v.trial_number,
-                           proxy_value=None if v.proxy_value is None else float(v.proxy_value), updated_at=now)
+        result: dict[str, Any] = {f: getattr(v, f) for f in _RESULT_FIELDS}
+        result.update(value=float(v.value), proxy_value=None if v.proxy_value is None else float(v.proxy_value))
+        best_values = {f: x for f, x in result.items() if f not in _KEY_FIELDS} | {"updated_at": now}
         with _write(self.engine) as conn:
-            conn.execute(insert(ValidationRecord).values(
-                model_name=v.model_name, weights_sha256=v.weights_sha256, sampler=v.sampler, nfe=v.nfe,
-                study_name=v.study_name, trial_number=v.trial_number, metric=v.metric, value=float(v.value), n=v.n,
-                seeds=v.seeds, extractor=v.extractor, extractor_sha256=v.extractor_sha256, space=v.space,
-                proxy_value=best_values["proxy_value"], schedule_json=v.schedule_json, created_at=now))
+            conn.execute(insert(ValidationRecord).values(**result, seeds=v.seeds, created_at=now))
             try:
                 # Savepoint: a unique-key clash (another worker inserted first) must not abort the history insert.
                 with conn.begin_nested():
-                    conn.execute(insert(BestRecord).values(
-                        model_name=v.model_name, weights_sha256=v.weights_sha256, sampler=v.sampler, nfe=v.nfe,
-                        created_at=now, **best_values))
+                    conn.execute(insert(BestRecord).values(**result, created_at=now, updated_at=now))
                 return True
             except IntegrityError as clash:
                 # A conditional UPDATE is atomic on SQLite and PostgreSQL: it re-checks value > new on the latest row.
                 res = conn.execute(update(BestRecord)
                                    .where(*_key_clause(BestRecord, v.key), BestRecord.metric == v.metric,
-                                          BestRecord.value > float(v.value))
+                                          BestRecord.value > float(v.value) if v.lower_is_better
+                                          else BestRecord.value < float(v.value))
                                    .values(**best_values))
                 if res.rowcount == 1:
                     return True
@@ -279,7 +255,8 @@ class BestStore:
         with Session(self.engine) as s:
             return [_validation_row(r) for r in s.scalars(stmt)]
 
-    def best_excluding(self, key: BestKey, rejected: set[tuple[str, int]]) -> BestRow | None:
+    def best_excluding(self, key: BestKey, rejected: set[tuple[str, int]],
+                       lower_is_better: bool = True) -> BestRow | None:
         """The best row for ``key`` unless its (study, trial) is in ``rejected``; then the lowest validation of the
         same metric in the history whose (study, trial) is not (the earliest of equal values, as ``record`` keeps
         it), as a row; None when nothing is left. The caller says what is rejected (reviews live in Optuna)."""
@@ -290,12 +267,8 @@ class BestStore:
                 and (v.study_name or "", v.trial_number) not in rejected]
         if not left:
             return None
-        v = min(left, key=lambda v: (v.value, v.created_at, v.id))
-        return BestRow(id=v.id, model_name=v.model_name, weights_sha256=v.weights_sha256, sampler=v.sampler,
-                       nfe=v.nfe, space=v.space, metric=v.metric, value=v.value, n=v.n, extractor=v.extractor,
-                       extractor_sha256=v.extractor_sha256, schedule_json=v.schedule_json, study_name=v.study_name,
-                       trial_number=v.trial_number, proxy_value=v.proxy_value, created_at=v.created_at,
-                       updated_at=v.created_at)
+        v = min(left, key=lambda v: (v.value if lower_is_better else -v.value, v.created_at, v.id))
+        return BestRow(**{f: getattr(v, f) for f in _BEST_FIELDS if f != "updated_at"}, updated_at=v.created_at)
 
     def schema_version(self) -> int:
         """The schema version stored in the database."""

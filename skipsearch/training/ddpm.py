@@ -12,10 +12,13 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from skipsearch.settings import Settings
 
 # The bundled architecture: 28 -> 14 -> 7, attention at 7x7, one resnet per level (6 skip points).
 BUNDLED_DDPM_CONFIG: dict[str, Any] = dict(
@@ -44,8 +47,8 @@ class DDPMLoss:
 
 
 def bundled_ddpm_unet() -> nn.Module:
-    from diffusers import UNet2DModel
-    return UNet2DModel(**BUNDLED_DDPM_CONFIG)
+    from skipsearch.models.diffusers_adapter import _require_diffusers
+    return _require_diffusers().UNet2DModel(**BUNDLED_DDPM_CONFIG)
 
 
 def save_ddpm_folder(unet: nn.Module, scheduler: Any, folder: str | os.PathLike, card: dict) -> None:
@@ -64,22 +67,24 @@ def save_ddpm_folder(unet: nn.Module, scheduler: Any, folder: str | os.PathLike,
 
 def train_bundled_ddpm(output: str | os.PathLike, *, steps: int = 6000, batch_size: int = 64, lr: float = 1e-3,
                        seed: int = 0, device: torch.device | str = "cpu", data_root: Path | None = None,
-                       checkpoint_every: int = 500, on_step: Callable[[int, float], None] | None = None) -> dict:
-    """Train the bundled DDPM (linear beta, T = 1000, epsilon prediction, data in [-1, 1]) on MNIST.
+                       checkpoint_every: int = 500, on_step: Callable[[int, float], None] | None = None,
+                       settings: Settings | None = None) -> dict:
+    """Train the bundled DDPM (linear beta, T = 1000, epsilon prediction, data in [-1, 1]) on MNIST (from
+    ``data_root``, else where ``settings`` say: :func:`skipsearch.data.mnist_root`).
 
     Writes the diffusers folder every ``checkpoint_every`` steps and at the end; returns the card.
     """
-    from diffusers import DDPMScheduler
-
     from skipsearch.data import load_mnist, to_model_range
+    from skipsearch.models.diffusers_adapter import _require_diffusers
     from skipsearch.training.loop import TrainConfig, train
+    diffusers = _require_diffusers()  # a missing extra: one line, before MNIST is read
 
     output = Path(output)
     torch.manual_seed(seed)
-    images, _ = load_mnist("train", data_root)
+    images, _ = load_mnist("train", data_root, settings=settings)
     unet = bundled_ddpm_unet()
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                              prediction_type="epsilon", clip_sample=False)
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                                        beta_end=0.02, prediction_type="epsilon", clip_sample=False)
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, lr_warmup_steps=200, log_every=100,
                          grad_clip=1.0, ema_halflife_images=500_000, seed=seed)
     start = time.perf_counter()

@@ -7,9 +7,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from skipsearch.settings import Settings
 
 
 def edm_sigma_and_weight(batch: int, p_mean: float, p_std: float, sigma_data: float, generator: torch.Generator,
@@ -41,8 +45,11 @@ class EDMLoss:
 def train_bundled_model(output: Path, *, steps: int = 8000, batch_size: int = 64, lr: float = 2e-3,
                         seed: int = 0, device: torch.device | str = "cpu", data_root: Path | None = None,
                         checkpoint_every: int = 500,
-                        on_step: Callable[[int, float], None] | None = None) -> dict:
-    """Train the bundled architecture with the EDM loss; writes ``edm_mnist.safetensors`` + ``edm_mnist.json``."""
+                        on_step: Callable[[int, float], None] | None = None,
+                        settings: Settings | None = None) -> dict:
+    """Train the bundled architecture with the EDM loss; writes ``edm_mnist.safetensors`` + ``edm_mnist.json``.
+
+    MNIST comes from ``data_root``, else where ``settings`` say (:func:`skipsearch.data.mnist_root`)."""
     from skipsearch.data import load_mnist, to_model_range
     from skipsearch.models.bundled import BUNDLED_CONFIG, BUNDLED_WEIGHTS, save_bundled_checkpoint
     from skipsearch.models.checkpoints import create_network
@@ -51,7 +58,7 @@ def train_bundled_model(output: Path, *, steps: int = 8000, batch_size: int = 64
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    images, _ = load_mnist("train", data_root)
+    images, _ = load_mnist("train", data_root, settings=settings)
     config = dict(BUNDLED_CONFIG)
     net = create_network(config.pop("precond"), **config)
     train_config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, lr_warmup_steps=200, log_every=100,

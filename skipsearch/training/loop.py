@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+
+from skipsearch.training.errors import TrainingDivergedError, TrainingError
 
 # A loss maps (net, clean images in the model's range, labels or None, generator) to per-sample losses [B].
 LossFn = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None", torch.Generator], torch.Tensor]
@@ -29,6 +32,22 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 100
     grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse settings no run can use (``lr = inf`` used to train to a NaN loss and report success)."""
+        for name in ("steps", "batch_size", "log_every", "lr_warmup_steps"):
+            value, least = getattr(self, name), int(name != "lr_warmup_steps")
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise TrainingError(f"training {name} must be an integer >= {least}, got {value!r}")
+        for name in ("lr", "ema_halflife_images", "ema_rampup_ratio", "grad_clip"):
+            value = getattr(self, name)
+            if name == "grad_clip" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                    or value <= 0:
+                raise TrainingError(f"training {name} must be a finite positive number, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**63:
+            raise TrainingError(f"training seed must be an integer in [0, 2**63 - 1], got {self.seed!r}")
 
 
 @dataclass
@@ -69,6 +88,10 @@ def train(net: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = No
         batch = images[idx].to(device)
         batch_labels = labels[idx].to(device) if labels is not None else None
         loss = loss_fn(net, batch, batch_labels, generator).mean()
+        value = loss.item()
+        if not math.isfinite(value):  # the weights (or the data) are already lost: stop with the step that showed it
+            raise TrainingDivergedError(f"training diverged at step {step} of {config.steps}: the loss is {value} "
+                                        f"(learning rate {config.lr:g}; a lower --lr usually trains)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for g in optimizer.param_groups:
@@ -83,7 +106,7 @@ def train(net: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = No
         seen = step * config.batch_size
         halflife = min(config.ema_halflife_images, seen * config.ema_rampup_ratio)
         update_ema(ema, net, 0.5 ** (config.batch_size / max(halflife, 1e-8)))
-        running += loss.item()
+        running += value
         count += 1
         if step % config.log_every == 0 or step == config.steps:
             last = running / count

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers.cli import assert_one_line_error, run_cli
 
-from skipsearch.cli import _click_command
+from skipsearch.cli import click_command
 
 # Values that must be refused for options whose type alone (str, path) cannot tell; each fails before any work.
 BAD_TEXT = {
@@ -32,6 +32,17 @@ COUNTS = {"n", "batch_size", "scale", "steps", "threads", "trials", "workers", "
 # Options whose every value is valid (a name, a seed offset, a flag); nothing to refuse.
 FREE = {"study_name", "seed", "sigma", "lr", "top_k", "rho_min", "rho_max", "ray_address", "refresh",
         "trust_pickle", "help", "study_name_arg"}
+# Values past what the machine or the code can take (counts larger than memory, NFEs, seeds, noise levels,
+# special files that would block or never end): refused in one line before any work too.
+HUGE, HUGE_SEED = "99999999999", "99999999999999999999999"
+EXTREME = {
+    ("sample", "n"): [HUGE], ("sample", "nfe"): [HUGE], ("sample", "scale"): ["100000"],
+    ("sample", "schedule"): ["/dev/null"], ("evaluate", "schedule"): ["/dev/null"], ("evaluate", "n"): [HUGE],
+    ("evaluate", "nfe"): [HUGE], ("skip-points", "n"): [HUGE], ("skip-points", "seed"): [HUGE_SEED, "-1"],
+    ("skip-points", "sigma"): ["1e308"], ("optimize", "nfe"): [HUGE], ("optimize", "nfes"): ["9," + HUGE],
+    ("optimize", "study"): ["/dev/null"], ("proxy-check", "n"): [HUGE], ("train", "lr"): ["inf", "nan"],
+    ("train", "seed"): [HUGE_SEED],
+}
 ARGS = {"report": ["some-study"]}
 FILTERS = {("best", "model")}  # a filter: an unknown model name just matches no stored row
 MARKUP = "[red]m[/bold]"  # a folder name that rich would read as markup
@@ -79,15 +90,15 @@ def env(home, tmp_path, monkeypatch):
 
 
 def _cases():
-    group = _click_command()
+    group = click_command()
     for name, command in sorted(group.commands.items()):
         for param in command.params:
             if not getattr(param, "opts", None) or not param.opts[0].startswith("--") and param.name != "output":
                 continue
-            if param.name in FREE or getattr(param, "is_flag", False) or (name, param.name) in FILTERS:
-                continue
             flag = param.opts[0]
-            if param.name == "output":
+            if param.name in FREE or getattr(param, "is_flag", False) or (name, param.name) in FILTERS:
+                values = []
+            elif param.name == "output":
                 values = [OUTPUT[name]] if name in OUTPUT else []
             elif param.name == "export" and name in EXPORT:
                 values = [EXPORT[name]]
@@ -97,7 +108,7 @@ def _cases():
                 values = ["x"]  # numbers: a word
             if param.name in COUNTS:
                 values = ["x", "0"]
-            for value in values:
+            for value in [*values, *EXTREME.get((name, param.name), [])]:
                 yield pytest.param(name, flag, value, id=f"{name}{flag}={value.replace('{tmp}', 'TMP')}")
 
 
@@ -120,7 +131,7 @@ def _path_cases():
     """Every path option's bad value again, in a folder whose name is markup."""
     for case in _cases():
         command, flag, value = case.values
-        param = next(p for p in _click_command().commands[command].params if flag in p.opts)
+        param = next(p for p in click_command().commands[command].params if flag in p.opts)
         if param.name == "storage":  # a URL, but it names a file
             value = "sqlite:///{tmp}/" + MARKUP + "/missing/skipsearch.db"
         elif param.name == "model":  # a name, or a model file
@@ -152,7 +163,7 @@ def test_markup_in_paths_is_printed_literally(command, flag, value, env, capsys)
 
 def test_every_command_is_walked():
     walked = {case.values[0] for case in _cases()}
-    commands = set(_click_command().commands) - {"models", "studies"}  # models, studies: only free or no options
+    commands = set(click_command().commands) - {"models", "studies"}  # models, studies: only free or no options
     assert commands <= walked
 
 
@@ -251,7 +262,7 @@ def test_read_only_database_is_one_line(args, home, env, capsys):
     assert not (env / "out.json").exists()
 
 
-@pytest.mark.parametrize("command", sorted(_click_command().commands))
+@pytest.mark.parametrize("command", sorted(click_command().commands))
 def test_help_of_every_command(command, capsys):
     result = run_cli(capsys, command, "--help")
     assert result.code == 0 and "Traceback" not in result.err

@@ -11,7 +11,7 @@ import pytest
 from helpers.cli import assert_one_line_error, run_cli
 from PIL import Image
 
-from skipsearch.cli import interrupts_from_finalizers_redelivered
+from skipsearch.execution.interrupts import interrupts_from_finalizers_redelivered
 from skipsearch.schedule import SkipSchedule
 
 

@@ -78,9 +78,9 @@ def test_weights_beside_the_schedule_load_by_file_name(tmp_path, capsys, monkeyp
 
 
 def test_weights_in_the_artifacts_folder_load(tmp_path, capsys, tuned):
-    from skipsearch.search.session import artifact_dir
     from skipsearch.settings import Settings
     from skipsearch.store import default_storage_url
+    from skipsearch.store.studies import artifact_dir
     weights, sha = tuned
     settings = Settings.from_env()
     trial = artifact_dir(default_storage_url(settings), settings) / "s2dm" / "some-study" / "trial-3.safetensors"
@@ -192,6 +192,7 @@ def _hint(out: str) -> list[str]:
     return words[1:]
 
 
+@pytest.mark.slow  # a whole (tiny) optimize study
 def test_hint_after_a_finetune_study_uses_the_weights_beside_the_json(tmp_path, capsys, monkeypatch):
     for key, value in {"SKIPSEARCH_S2DM_STEPS": "2", "SKIPSEARCH_S2DM_SEGMENTS": "1",
                        "SKIPSEARCH_S2DM_BATCH": "8"}.items():
@@ -232,6 +233,7 @@ def test_hint_after_a_finetune_study_uses_the_weights_beside_the_json(tmp_path, 
     assert not (tmp_path / "late" / "s.json").exists()
 
 
+@pytest.mark.slow  # a whole (tiny) optimize study
 def test_hint_after_a_study_with_a_checkpoint_names_it(tmp_path, capsys, monkeypatch):
     from skipsearch.models.bundled import BUNDLED_WEIGHTS
     checkpoint = tmp_path / "my weights" / "edm.safetensors"

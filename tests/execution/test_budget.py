@@ -21,10 +21,17 @@ from helpers.pg import pg_server, pg_url  # noqa: F401 - fixtures
 from helpers.studies import searched_study_names
 from optuna.trial import TrialState
 
-from skipsearch.search.budget import TrialGate, TrialSkipped, count_finished, process_tag, recover_orphans, used
-from skipsearch.search.session import optuna_storage
+from skipsearch.execution.budget import (
+    TrialGate,
+    TrialSkipped,
+    process_tag,
+    recover_orphans,
+    trial_storage,
+    used,
+)
 from skipsearch.store import BestKey, BestStore
 from skipsearch.store.locks import study_lock
+from skipsearch.store.records import count_finished
 
 TINY = ["--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "1", "--device", "cpu", "--rho-min", "0.3",
         "--rho-max", "1.0"]
@@ -51,7 +58,7 @@ class Bowl:
 
 def _claim_loop(url: str, name: str, budget: int, seed: int) -> None:
     """One process: trials through the gate until the study-wide budget is used."""
-    study = optuna.load_study(study_name=name, storage=optuna_storage(url, 2),
+    study = optuna.load_study(study_name=name, storage=trial_storage(url, 2),
                               sampler=optuna.samplers.RandomSampler(seed=seed))
     store = BestStore(url)
     gate = TrialGate(Bowl(), budget, lambda: study_lock(store.engine, name), process_tag())
@@ -65,7 +72,7 @@ def test_concurrent_processes_use_exactly_the_budget(kind: str, tmp_path: Path,
                                                      request: pytest.FixtureRequest) -> None:
     url = _storage(kind, tmp_path, request)
     BestStore(url).close()
-    optuna.create_study(study_name="bowl", storage=optuna_storage(url, 2))
+    optuna.create_study(study_name="bowl", storage=trial_storage(url, 2))
     # The same seed in every process: without the duplicate check they would propose identical points.
     procs = [multiprocessing.get_context("spawn").Process(target=_claim_loop, args=(url, "bowl", 24, 0))
              for _ in range(3)]
@@ -90,11 +97,11 @@ def test_concurrent_processes_use_exactly_the_budget(kind: str, tmp_path: Path,
 def test_orphan_of_a_dead_process_is_requeued_at_once(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/skipsearch.db"
     BestStore(url).close()
-    study = optuna.create_study(study_name="bowl", storage=optuna_storage(url, 1))
+    study = optuna.create_study(study_name="bowl", storage=trial_storage(url, 1))
     # A process that took a trial and was SIGKILLed before it finished.
-    code = ("import optuna, os, signal, sys; from skipsearch.search.session import optuna_storage\n"
-            "from skipsearch.search.budget import process_tag\n"
-            f"s = optuna.load_study(study_name='bowl', storage=optuna_storage({url!r}, 1))\n"
+    code = ("import optuna, os, signal, sys; from skipsearch.execution.budget import trial_storage\n"
+            "from skipsearch.execution.budget import process_tag\n"
+            f"s = optuna.load_study(study_name='bowl', storage=trial_storage({url!r}, 1))\n"
             "t = s.ask(); t.suggest_float('x', -1, 1)\n"
             "t.set_user_attr('worker', process_tag()); t.set_user_attr('worker_pid', os.getpid())\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n")
@@ -242,8 +249,8 @@ def test_double_ctrl_c_requeues_the_aborted_trial(tmp_path: Path) -> None:
 
 
 def test_each_process_gets_its_own_sampler_seed(bundled, tmp_path: Path) -> None:
+    from skipsearch.execution.session import open_session
     from skipsearch.search.definition import default_study
-    from skipsearch.search.session import open_session
     from skipsearch.search.strategies import process_seed
     from skipsearch.settings import Settings
 
@@ -301,7 +308,7 @@ def test_workers_and_ray_address_are_checked_before_the_model_loads(tmp_path: Pa
     from helpers.cli import assert_one_line_error, run_cli
 
     from skipsearch.errors import UsageError
-    from skipsearch.execution.local import run_definition
+    from skipsearch.optimize import run_definition
     from skipsearch.search.definition import default_study
 
     url = f"sqlite:///{tmp_path}/skipsearch.db"

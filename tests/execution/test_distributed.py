@@ -23,8 +23,8 @@ from optuna.trial import TrialState
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from skipsearch.search.budget import count_finished
 from skipsearch.store import BestKey, BestStore
+from skipsearch.store.records import count_finished
 
 TINY = ["--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "1", "--device", "cpu", "--rho-min", "0.3",
         "--rho-max", "1.0"]
@@ -91,6 +91,30 @@ def test_two_workers_sqlite(tmp_path: Path) -> None:
     workers = {t.user_attrs["worker"] for t in study.trials}
     assert len(workers) == 2, workers  # both workers ran trials of the one study
     _assert_best_row(url, study, export)
+
+
+def test_two_workers_with_the_default_calibrated_study(tmp_path: Path) -> None:
+    """The default study calibrates its rho bounds: the workers must run the driver's study, not one named from the
+    calibrated bounds (which never finished: the driver waited on a study nobody ran), and the sweep runs on them."""
+    url = f"sqlite:///{tmp_path}/skipsearch.db"
+    tiny = ["--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "1", "--device", "cpu"]
+    proc = subprocess.run([sys.executable, "-m", "skipsearch.cli", "optimize", "--model", "edm", *tiny, "--trials",
+                           "4", "--workers", "2", "--storage", url], capture_output=True, text=True,
+                          env=_env(tmp_path), timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "calibrated rho bounds" in proc.stdout
+    study = _study(url)  # one searched study: the driver's
+    _assert_complete(study, 4)
+    assert {t.user_attrs["worker"] for t in study.trials} and all("worker" in t.user_attrs for t in study.trials)
+    assert any(t.user_attrs.get("baseline") for t in study.trials if t.state == TrialState.COMPLETE)
+    from skipsearch.store.records import StudyRecord
+    calibration = StudyRecord(study).calibration()
+    assert calibration is not None and calibration.rho_min < 1 < calibration.rho_max
+    for trial in study.trials:  # every searched rho lies in the calibrated bounds
+        for name, value in trial.params.items():
+            if name.startswith("rho"):
+                assert calibration.rho_min - 1e-9 <= value <= calibration.rho_max + 1e-9, (name, value)
+    _assert_best_row(url, study)
 
 
 def _wait_for_study(url: str, proc: subprocess.Popen, deadline: float) -> optuna.storages.RDBStorage:
@@ -199,8 +223,8 @@ def test_ctrl_c_kills_workers_and_the_study_resumes(ray_runtime: None, tmp_path:
     import ray
 
     from skipsearch.execution.ray import run_on_ray
+    from skipsearch.execution.session import open_session
     from skipsearch.search.definition import default_study
-    from skipsearch.search.session import open_session
 
     # The heartbeat of this process's storage (it fails stale trials) and of the workers (settings are forwarded).
     monkeypatch.setenv("SKIPSEARCH_HEARTBEAT_SECONDS", "1")
@@ -245,8 +269,34 @@ def test_ctrl_c_kills_workers_and_the_study_resumes(ray_runtime: None, tmp_path:
     session.store.close()
 
 
+def test_driver_stops_in_one_line_when_workers_make_no_progress(ray_runtime: None, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers whose view of the study leaves them nothing to run (here: a smaller budget than the driver's) must
+    not keep the driver looping: it stops with one line once they ran no trial for several calls."""
+    import dataclasses
+
+    from skipsearch.execution.ray import WorkersError, run_on_ray
+    from skipsearch.execution.session import open_session
+    from skipsearch.search.definition import default_study
+
+    monkeypatch.setenv("SKIPSEARCH_HOME", str(tmp_path))
+    definition = default_study("edm").override(nfe=5, trials=3, proxy__rungs=(24,), search__final_n=24,
+                                               search__pruner="none", space_bounds__calibrate=False)
+    url = f"sqlite:///{tmp_path}/skipsearch.db"
+    session = open_session(definition, storage_url=url, device="cpu")
+    session.run(1)  # one trial finished here; the workers below believe the budget is 1
+    session.requested = dataclasses.replace(session.requested, trials=1)
+    start = time.monotonic()
+    with pytest.raises(WorkersError, match="ran no trial") as caught:
+        run_on_ray(session, workers=2)
+    assert "\n" not in str(caught.value) and "resume" in str(caught.value)
+    assert time.monotonic() - start < 240
+    assert count_finished(session.study) == 1 and not session.study.get_trials(states=(TrialState.RUNNING,))
+    session.store.close()
+
+
 def test_ray_is_not_imported_without_workers() -> None:
-    code = ("import sys, skipsearch.execution.local, skipsearch.execution.ray, skipsearch.cli; "
+    code = ("import sys, skipsearch.optimize, skipsearch.execution.ray, skipsearch.cli; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

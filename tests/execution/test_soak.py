@@ -22,8 +22,8 @@ from helpers.pg import pg_server, pg_url  # noqa: F401 - fixtures
 from helpers.studies import searched_study_names
 from optuna.trial import TrialState
 
-from skipsearch.search.budget import count_finished
 from skipsearch.store import BestKey, BestStore
+from skipsearch.store.records import count_finished
 
 TRIALS = 40
 MAX_KILLS = 5

@@ -5,7 +5,7 @@ free loopback port; chromium opens the study, a trial and its artifacts, the stu
 through the review study's form. Screenshots go to ``$SKIPSEARCH_SCREENSHOTS`` (the committed ones, linked from
 ``dashboards/README.md``, were made with ``SKIPSEARCH_SCREENSHOTS=dashboards/screenshots``), else to a temporary
 folder, so a test run leaves the checkout untouched. Skipped only where chromium or chromedriver cannot be found
-(``scripts/ci_browser.sh`` installs Debian's packages).
+(``scripts/ci_browser.sh`` installs Debian's packages), and failed instead under CI (``CI=true``).
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers.ci import skip_or_fail
 from helpers.cli import run_cli
 from PIL import Image
 
 from skipsearch.export.review import review_study_name, verdicts
-from skipsearch.search.session import optuna_storage
+from skipsearch.store.studies import optuna_storage
 
 pytestmark = pytest.mark.slow
 
@@ -43,15 +44,15 @@ GRID, HEATMAP, SIDE_BY_SIDE = "sample_grid_artifact", "rho_heatmap_artifact", "s
 
 
 def _browser_binaries() -> tuple[str, str]:
-    """(chromium, chromedriver) paths, or skip the module saying what is missing."""
+    """(chromium, chromedriver) paths, or skip the module saying what is missing (fail it under CI)."""
     browsers = ("chromium", "chromium-browser", "google-chrome")
     browser = next((path for name in browsers if (path := shutil.which(name))), None)
     drivers = ("/usr/lib/chromium/chromedriver", "/usr/lib/chromium-browser/chromedriver")
     driver = shutil.which("chromedriver") or next((p for p in drivers if os.path.exists(p)), None)
     missing = [name for name, path in (("chromium", browser), ("chromedriver", driver)) if path is None]
     if missing:
-        pytest.skip(f"no {' and no '.join(missing)} on PATH: run 'bash scripts/ci_browser.sh' (Debian's chromium and "
-                    f"chromium-driver) to run the browser test")
+        skip_or_fail(f"no {' and no '.join(missing)} on PATH: run 'bash scripts/ci_browser.sh' (Debian's chromium "
+                     f"and chromium-driver) to run the browser test")
     return browser, driver
 
 

@@ -19,9 +19,9 @@ import pytest
 from helpers.cli import run_cli
 
 from skipsearch.export.dashboard import make_server
-from skipsearch.search.session import optuna_storage
 from skipsearch.settings import Settings
 from skipsearch.store import BestKey, BestStore, Validation
+from skipsearch.store.studies import optuna_storage
 
 KEY = BestKey("edm-cifar10", "a" * 64, "heun", 18)
 
@@ -259,6 +259,7 @@ def test_dashboard_help_lists_allow_writes(capsys, monkeypatch, tmp_path) -> Non
     assert "--allow-writes" in result.out
 
 
+@pytest.mark.slow  # starts the dashboard server as a subprocess
 def test_dashboard_command_serves_read_only_and_says_so(db: Db, tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -17,8 +17,8 @@ from optuna.trial import TrialState, create_trial
 from PIL import Image
 
 from skipsearch.schedule import SkipSchedule
-from skipsearch.search.records import StudyRecord, Validated
 from skipsearch.store import BestKey, BestStore
+from skipsearch.store.records import StudyRecord, Validated
 
 pytestmark = pytest.mark.slow
 TINY = ["--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "1", "--device", "cpu", "--rho-min", "0.3",

@@ -18,12 +18,12 @@ from helpers.cli import assert_one_line_error, run_cli
 from optuna.trial import TrialState
 from sqlalchemy import create_engine, text
 
+from skipsearch.execution.budget import recover_orphans
 from skipsearch.export.review import open_review, verdicts
-from skipsearch.search.budget import recover_orphans
-from skipsearch.search.records import StudyRecord
-from skipsearch.search.session import optuna_storage
 from skipsearch.settings import Settings
 from skipsearch.store import BestKey, BestStore, Validation
+from skipsearch.store.records import StudyRecord
+from skipsearch.store.studies import optuna_storage
 
 pytestmark = pytest.mark.slow
 TINY = ["optimize", "--model", "edm", "--nfe", "5", "--rungs", "24,48", "--final-n", "48", "--top-k", "2",
@@ -54,7 +54,7 @@ class Run:
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory) -> Run:
     """One real tiny study through the CLI code path (``run_definition``), shared read-only by the tests."""
-    from skipsearch.execution.local import optimize
+    from skipsearch.optimize import optimize
     home = tmp_path_factory.mktemp("home")
     url = f"sqlite:///{home}/skipsearch.db"
     with pytest.MonkeyPatch.context() as mp:

@@ -2,8 +2,8 @@
 
 ``$SKIPSEARCH_TEST_POSTGRES_URL`` (a server URL whose user may create databases) replaces the local server. Without
 that variable the binaries are looked up on PATH, then under ``/usr/lib/postgresql/*/bin`` (Debian's layout; see
-``scripts/ci_postgres.sh``); tests skip only when none exists. ``initdb`` refuses to run as root, so as root the
-server runs as the ``postgres`` user (else ``nobody``) in a folder owned by it.
+``scripts/ci_postgres.sh``); tests skip only when none exists, and fail instead under CI (``CI=true``). ``initdb``
+refuses to run as root, so as root the server runs as the ``postgres`` user (else ``nobody``) in a folder owned by it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
+
+from helpers.ci import skip_or_fail
 
 ENV_URL = "SKIPSEARCH_TEST_POSTGRES_URL"
 _DRIVER = "postgresql+psycopg"
@@ -99,8 +101,8 @@ def local_server() -> Iterator[PostgresServer]:
     """Start a private server on a free loopback port (password auth over TCP); stop it and delete its files."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on PATH or under /usr/lib/postgresql/*/bin; "
-                    "run scripts/ci_postgres.sh or set SKIPSEARCH_TEST_POSTGRES_URL")
+        skip_or_fail("no PostgreSQL binaries (initdb, pg_ctl) on PATH or under /usr/lib/postgresql/*/bin; "
+                     "run scripts/ci_postgres.sh or set SKIPSEARCH_TEST_POSTGRES_URL")
     account = _run_as()
     # Not under pytest's tmp_path: its parents are private to root, and the server may run as another user.
     root = Path(tempfile.mkdtemp(prefix="skipsearch-pg-"))

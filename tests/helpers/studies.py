@@ -6,7 +6,7 @@ from typing import Any
 
 import optuna
 
-from skipsearch.search.records import is_review_study
+from skipsearch.store.records import is_review_study
 
 
 def searched_study_names(storage: Any) -> list[str]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import sys
+import weakref
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -155,6 +158,72 @@ def test_missing_diffusers_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "diffusers", None)  # what Python does for a package that cannot be imported
     with pytest.raises(ImportError, match=r"pip install skipsearch\[diffusers\]"):
         _require_diffusers()
+
+
+def tiny_edm_net() -> nn.Module:
+    from skipsearch.models.checkpoints import create_network
+    torch.manual_seed(0)
+    return create_network("EDMPrecond", img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=8,
+                          channel_mult=[1, 2], num_blocks=1, attn_resolutions=[], dropout=0.0)
+
+
+@pytest.mark.parametrize("make", [tiny_unet2d, tiny_edm_net])
+def test_a_network_given_to_apply_is_collected_once_its_caller_drops_it(make) -> None:
+    """adapt()'s cache holds networks weakly: apply() keeps a bare network alive no longer than its caller does,
+    with a schedule left on it or not."""
+    net = make()
+    points = len(skipsearch.models.adapt(net).skip_points)
+    with skipsearch.models.apply(net, SkipSchedule.constant(0.8, points)):
+        pass
+    handle = skipsearch.models.apply(net, SkipSchedule.intervals([[0.7] * points, [0.9] * points], BOUNDS))
+    gone = weakref.ref(net)
+    del net, handle
+    gc.collect()
+    assert gone() is None
+
+
+def test_apply_again_replaces_a_schedule_whose_handle_was_dropped() -> None:
+    """While a schedule is on a bare network, the network holds its adapter: a second apply() replaces the first
+    schedule instead of stacking on it, and removing it gives the plain network back."""
+    unet = tiny_unet2d()
+    x, t, classes = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6)), torch.tensor([600, 50]), \
+        torch.tensor([1, 2])
+
+    def eps() -> torch.Tensor:
+        with torch.no_grad():
+            return unet(x, t, class_labels=classes).sample
+
+    plain = eps()
+    skipsearch.models.apply(unet, SkipSchedule.per_layer(RHO_LOW))  # handle dropped at once
+    gc.collect()
+    adapter = skipsearch.models.adapt(unet)
+    assert adapter.schedule is not None and adapter is skipsearch.models.adapt(unet)
+    skipsearch.models.apply(unet, SkipSchedule.per_layer(RHO_HIGH))
+    gc.collect()
+    assert skipsearch.models.adapt(unet) is adapter and np.array_equal(adapter.schedule.rho[0], RHO_HIGH)
+    with DiffusersAdapter(tiny_unet2d(), name="reference").apply(SkipSchedule.per_layer(RHO_HIGH)) as reference:
+        with torch.no_grad():
+            expected = reference.adapter.net(x, t, class_labels=classes).sample
+    assert torch.equal(eps(), expected)  # RHO_HIGH alone, not RHO_LOW then RHO_HIGH
+    adapter.remove_schedule()
+    assert torch.equal(eps(), plain) and not unet._forward_pre_hooks
+
+
+def test_recognition_picks_the_same_adapters_for_the_bundled_models(bundled) -> None:
+    """The adapter kinds, tried in order, recognise the bundled networks as the hasattr chain did: EDM, diffusers,
+    and none for a network only a model file describes."""
+    from skipsearch.models import ADAPTER_KINDS, ModelError, load_model, recognise
+    from skipsearch.models.edm import EDMAdapter
+    assert ADAPTER_KINDS.names()[:2] == ["edm", "diffusers"]
+    ddpm = load_model("ddpm-mnist")
+    for loaded, kind, cls in ((bundled, "edm", EDMAdapter), (ddpm, "diffusers", DiffusersAdapter)):
+        assert recognise(loaded.net) == kind
+        adapted = skipsearch.models.adapt(loaded.net)
+        assert type(adapted) is cls and adapted.skip_points == loaded.skip_points
+    assert recognise(tiny_unet2d()) == "diffusers" and recognise(tiny_unet2d_condition()) == "diffusers"
+    generic = load_model("models/catemb-mnist.toml")
+    with pytest.raises(ModelError, match="cannot tell the parametrisation"):
+        skipsearch.models.adapt(generic.net)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -395,6 +395,7 @@ def test_cifar10_preset_round_trip(tmp_path: Path) -> None:
                  "model.enc.16x16_down.skip.resample_filter", "model.dec.16x16_block4.qkv.weight"])
 
 
+@pytest.mark.slow  # the 296M-parameter ImageNet-64 network
 def test_imagenet64_preset_round_trip(tmp_path: Path) -> None:
     # The one full-size ADM build (~296M parameters, 1.2 GB fp32).
     _round_trip(PRESETS["edm-imagenet64"], tmp_path, 295_899_267,

@@ -20,7 +20,7 @@ from skipsearch.models.checkpoints import file_sha256
 from skipsearch.proxy import (
     ExtractorWeightsError,
     FeatureStats,
-    NonFiniteError,
+    NonFiniteFeaturesError,
     RankDeficientWarning,
     ReferenceStatsError,
     StatsAccumulator,
@@ -128,11 +128,11 @@ def test_rank_deficiency_is_flagged_and_non_finite_rejected():
     assert small.rank_deficient and small.n == 20 and np.isfinite(small.fid)
     bad = torch.randn(50, 32, generator=g)
     bad[7, 3] = float("nan")
-    with pytest.raises(NonFiniteError):
+    with pytest.raises(NonFiniteFeaturesError):
         fid_features(bad, ref)
-    with pytest.raises(NonFiniteError):
+    with pytest.raises(NonFiniteFeaturesError):
         kid(bad, bad, subsets=1, subset_size=10)
-    with pytest.raises(NonFiniteError):
+    with pytest.raises(NonFiniteFeaturesError):
         StatsAccumulator().update(bad.numpy())
 
 
@@ -218,7 +218,7 @@ def test_input_conversion_and_registry():
     with pytest.raises(ValueError):
         as_uint8(torch.zeros(2, 1, 28, 28, dtype=torch.int32))
     x[1, 0, 3, 3] = float("inf")
-    with pytest.raises(NonFiniteError):
+    with pytest.raises(NonFiniteFeaturesError):
         as_uint8(x)
     with pytest.raises(ValueError, match="unknown feature extractor"):
         get_extractor("no-such-net")

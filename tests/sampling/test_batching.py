@@ -85,6 +85,7 @@ def test_generate_uses_the_measured_batch_unless_given(tiny_edm, tmp_path: Path,
     assert torch.equal(chosen, given)  # every image comes from its own seed: the batch changes nothing
 
 
+@pytest.mark.slow  # times real forwards, twice through the CLI
 def test_sample_measures_the_batch_and_caches_it(tmp_path: Path, monkeypatch, capsys, fresh) -> None:
     """The CLI path end to end: `skipsearch sample` with the measurement on writes the cache file."""
     env = {"SKIPSEARCH_HOME": tmp_path / "home", "SKIPSEARCH_CACHE": tmp_path / "cache", "SKIPSEARCH_OFFLINE": "1",

@@ -62,6 +62,7 @@ def test_knots_are_exact_at_their_step_count_and_interpolate_log_sigma_otherwise
     assert nine[1].item() == pytest.approx(math.sqrt(80.0 * 10.0))
 
 
+@pytest.mark.slow  # every sampler x grid x NFE
 def test_every_sampler_spends_the_nfe_exactly_on_every_searched_grid(bundled):
     """The NFE contract holds for every sampler a '+sampler' space may choose, on grids of both families."""
     ctx = SpaceContext(num_skip_points=len(bundled.skip_points), level_of_point=bundled.level_of_points(),

@@ -10,14 +10,14 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from skipsearch.execution.session import open_session
 from skipsearch.proxy.config import ProxyConfig
 from skipsearch.proxy.fid_proxy import FidProxy
 from skipsearch.sampling.generate import NonFiniteOutputError, generate, generate_many
 from skipsearch.schedule import Churn, SkipSchedule
 from skipsearch.search.definition import default_study
-from skipsearch.search.records import TrialRecord
-from skipsearch.search.session import open_session
 from skipsearch.settings import Settings
+from skipsearch.store.records import TrialRecord
 
 PARAMS = [{"rho_bottom": 0.7, "rho_top": 1.0}, {"rho_bottom": 0.9, "rho_top": 0.8},
           {"rho_bottom": 0.5, "rho_top": 0.95}, {"rho_bottom": 1.0, "rho_top": 1.0},
@@ -67,6 +67,7 @@ def test_a_failing_schedule_stops_alone(bundled) -> None:
     assert [len(r.images) for r in (results[0], results[2])] == [6, 6]
 
 
+@pytest.mark.slow  # rungs of four schedules, then each alone
 def test_evaluate_many_matches_evaluate_and_prunes_alone(bundled) -> None:
     proxy = FidProxy(bundled, sampler="heun", nfe=3, config=ProxyConfig(rungs=(12, 24), batch_size=16))
     schedules = _schedules(len(bundled.skip_points))
@@ -108,6 +109,7 @@ def _run_study(tmp_path: Path, name: str, trials_per_batch: int, pruner: str, ch
                                             "rungs": TrialRecord.read(t).rungs} for t in trials}
 
 
+@pytest.mark.slow  # two studies per case
 @pytest.mark.parametrize("churn", [False, True])
 def test_a_batched_study_scores_every_trial_as_one_at_a_time(tmp_path: Path, churn: bool) -> None:
     """Ask/tell with K = 3 on the same queued parameters: the same values and rungs, trial for trial."""
@@ -117,6 +119,7 @@ def test_a_batched_study_scores_every_trial_as_one_at_a_time(tmp_path: Path, chu
     assert all(t["state"] == TrialState.COMPLETE for t in batched.values())
 
 
+@pytest.mark.slow  # two studies
 def test_a_batched_study_prunes_at_the_shared_rungs(tmp_path: Path) -> None:
     """With a pruner, every trial's reported rungs are those it has alone, up to the rung where it stopped."""
     one = _run_study(tmp_path, "one-at-a-time", 1, "none")

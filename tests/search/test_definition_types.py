@@ -138,8 +138,8 @@ BAD_OPTIONS = [
 
 @pytest.mark.parametrize(("sampler", "options", "key"), BAD_OPTIONS)
 def test_bad_sampler_options_refused_before_storage(sampler, options, key, tmp_path):
+    from skipsearch.execution.session import open_session
     from skipsearch.sampling.samplers import SamplerOptionError
-    from skipsearch.search.session import open_session
     nfe = 9
     definition = dataclasses.replace(StudyDefinition(sampler=sampler, nfe=nfe, trials=1, source="s.toml"),
                                      sampler_options=options)
@@ -162,9 +162,23 @@ def test_good_sampler_options_pass(sampler, options):
 
 
 def test_open_session_validates_a_definition_made_in_python(tmp_path):
-    from skipsearch.search.session import open_session
+    from skipsearch.execution.session import open_session
     definition = StudyDefinition(trials=1, source="python", proxy=ProxyConfig(common_random_numbers="yes"))
     db = tmp_path / "skipsearch.db"
     with pytest.raises(StudyDefinitionError, match=r"^python: \[proxy\] common_random_numbers must be true or false"):
         open_session(definition, storage_url=f"sqlite:///{db}")
     assert not db.exists()
+
+
+def test_a_study_file_keeps_its_model_in_python_and_on_the_cli(tmp_path) -> None:
+    """``optimize(study=FILE)`` once replaced the file's model with the default 'edm' (the CLI guarded it)."""
+    import skipsearch
+
+    path = tmp_path / "other.toml"
+    path.write_text('[study]\nmodel = "no-such-model"\nnfe = 5\ntrials = 2\n')
+    assert StudyDefinition.from_options(study=path).model == "no-such-model"
+    assert StudyDefinition.from_options(study=path, model="edm").model == "edm"  # given: it wins
+    assert StudyDefinition.from_options().model == "edm"
+    assert StudyDefinition.from_options(nfes=(5, 9, 17)).nfe == 9  # the middle NFE of a multi-NFE study
+    with pytest.raises(Exception, match="no-such-model"):  # the file's model is the one loaded
+        skipsearch.optimize(study=path, storage=f"sqlite:///{tmp_path}/s.db")

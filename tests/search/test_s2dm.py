@@ -362,6 +362,7 @@ def s2dm_run(tmp_path_factory):
     return home, url, export, proc
 
 
+@pytest.mark.slow  # the s2dm_run fixture: a fine-tune study through the CLI
 def test_finetune_study_through_the_cli(s2dm_run):
     from skipsearch.models.checkpoints import file_sha256
     from skipsearch.schedule import SkipSchedule
@@ -400,6 +401,7 @@ def test_finetune_study_through_the_cli(s2dm_run):
     assert card["tau"] == best.params["tau"] and card["lr"] == best.params["lr"]
 
 
+@pytest.mark.slow  # the s2dm_run fixture, then a sample subprocess
 def test_exported_schedule_samples_with_its_checkpoint(s2dm_run, tmp_path):
     home, _, export, proc = s2dm_run
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -420,6 +422,7 @@ def test_exported_schedule_samples_with_its_checkpoint(s2dm_run, tmp_path):
     assert not (tmp_path / "no.png").exists()
 
 
+@pytest.mark.slow  # a combined-space study in this process
 def test_combined_space_in_process(tmp_path, monkeypatch):
     """``s2dm+linear``: the rho pair and the fine-tune parameters in one trial (Python API, no CLI threads)."""
     from skipsearch import optimize  # the public entry point (stable across module moves)

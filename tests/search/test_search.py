@@ -180,3 +180,28 @@ def test_dashboard_serves_the_study(study_run):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_baselines_carry_a_kind_and_old_labels_are_read_as_kinds() -> None:
+    """Readers go by a baseline's kind, never its label: an S²-DM study's 'tau=1 fine-tune, rho=1' is untuned."""
+    from skipsearch.store.records import BASELINE_KINDS, TrialRecord, Validated, legacy_baseline_kind
+
+    assert {legacy_baseline_kind(label) for label in ("untuned (rho=1)", "tau=1 fine-tune, rho=1")} == {"untuned"}
+    assert legacy_baseline_kind("paper recipe (linear 0.61->1.0)") == "paper"
+    assert legacy_baseline_kind("tau=1 fine-tune, paper recipe (linear 0.61->1.0)") == "paper"
+    assert legacy_baseline_kind("untuned (rho=1), dpmpp_2m") == "sampler"
+    assert legacy_baseline_kind(None) is None
+    record = TrialRecord(baseline="a label of any wording", baseline_kind="untuned")
+    assert set(BASELINE_KINDS) >= {record.baseline_kind}
+    assert Validated.from_dict({"n": 8, "baseline": "tau=1 fine-tune, rho=1"}).baseline_kind == "untuned"
+
+
+def test_an_s2dm_studys_baseline_gets_a_lift_line() -> None:
+    """The lift is measured against the baseline of kind 'untuned', whatever its label says."""
+    from skipsearch.optimize import OptimizeResult
+
+    validations = [{"trial": 0, "value": 20.0, "baseline": "tau=1 fine-tune, rho=1", "baseline_kind": "untuned"},
+                   {"trial": 1, "value": 22.0, "baseline": "tau=1 fine-tune, paper recipe", "baseline_kind": "paper"},
+                   {"trial": 4, "value": 15.0}]
+    lines = OptimizeResult("s", "sqlite://", {}, validations=validations).verdict_lines()
+    assert lines == ["best searched schedule 15.0000 vs untuned 20.0000 (25.0% lower)"]

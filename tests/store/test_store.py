@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import random
@@ -116,8 +117,7 @@ def test_record_rejects_bad_values(url: str) -> None:
     with BestStore(url) as store:
         with pytest.raises(ValueError, match="validation.value"):
             store.record(_validation(float("nan")))
-        bad = _validation(1.0)
-        bad.schedule_json = "{not json"
+        bad = dataclasses.replace(_validation(1.0), schedule_json="{not json")  # Validation is frozen
         with pytest.raises(ValueError, match="schedule_json"):
             store.record(bad)
         assert store.validations(KEY) == []
@@ -126,8 +126,7 @@ def test_record_rejects_bad_values(url: str) -> None:
 def test_other_metric_never_replaces(url: str) -> None:
     with BestStore(url) as store:
         assert store.record(_validation(10.0)) is True
-        kid = _validation(0.01)
-        kid.metric = "kid"
+        kid = dataclasses.replace(_validation(0.01), metric="kid")
         assert store.record(kid) is False
         assert store.get(KEY).metric == "fid"  # type: ignore[union-attr]
         assert [v.metric for v in store.validations(KEY)] == ["fid", "kid"]

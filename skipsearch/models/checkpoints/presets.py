@@ -69,13 +69,16 @@ PRESETS.register("edm-imagenet64", Preset(
 
 
 def default_cache_dir() -> Path:
-    """``Settings.cache``: ``$SKIPSEARCH_CACHE`` or ``~/.cache/skipsearch``."""
+    """``Settings.cache`` of the environment (``$SKIPSEARCH_CACHE`` or ``~/.cache/skipsearch``), read now: for Python
+    callers of :func:`cached_checkpoint_path` and :func:`resolve_checkpoint` that pass no ``cache_dir``; the stages
+    pass ``settings.cache`` (:func:`skipsearch.models.load_model`)."""
     from skipsearch.settings import Settings
     return Settings.from_env().cache
 
 
 def cached_checkpoint_path(preset: Preset, cache_dir: Path | None = None) -> Path:
-    """Where the preset's file lives in the cache: ``<cache_dir>/checkpoints/<filename>``."""
+    """Where the preset's file lives in the cache: ``<cache_dir>/checkpoints/<filename>`` (``cache_dir`` None:
+    :func:`default_cache_dir`, the environment's)."""
     return Path(cache_dir if cache_dir is not None else default_cache_dir()) / "checkpoints" / preset.filename
 
 
@@ -155,6 +158,7 @@ def resolve_checkpoint(preset: Preset, path: str | os.PathLike | None = None, *,
     """The checkpoint file for ``preset``: an explicit ``path``, else the cache, else a fresh download into it.
 
     ``expected_sha256`` is checked for cached and downloaded files (an explicit ``path`` is taken as is).
+    ``cache_dir``: the caller's ``settings.cache`` (None: :func:`default_cache_dir`, the environment's).
     """
     if path is not None:
         path = Path(path).expanduser()

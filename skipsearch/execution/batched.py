@@ -2,7 +2,7 @@
 
 ``study.optimize`` runs one trial at a time; a small UNet then leaves a GPU mostly idle at one trial's batch. Here
 K trials are asked (Optuna's ask/tell; TPE's constant liar keeps them apart), each claims its budget slot through
-the same :class:`~skipsearch.search.budget.TrialGate` as a single trial, and
+the same :class:`~skipsearch.execution.budget.TrialGate` as a single trial, and
 :meth:`~skipsearch.search.objective.Objective.evaluate_trials` samples them together on the same seeds: every trial
 reports its own rungs, is pruned alone at the shared rungs, and gets the value it would get alone.
 """
@@ -18,7 +18,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize wraps each trial in
 from optuna.trial import FrozenTrial, TrialState
 
-from skipsearch.search.budget import TrialGate, TrialSkipped, used
+from skipsearch.execution.budget import TrialGate, TrialSkipped, used
 from skipsearch.search.objective import TRIAL_FAILURES
 
 log = logging.getLogger("optuna.study._optimize")  # where Optuna reports its trials (the CLI's log filter too)
@@ -52,9 +52,9 @@ def run_trial_batch(study: optuna.Study, gate: TrialGate, k: int,
             return asked
         try:
             outcomes: Sequence[float | Exception] = gate.objective.evaluate_trials(claimed)
-        except KeyboardInterrupt:  # a second Ctrl-C: the trials are queued again by the session
+        except KeyboardInterrupt as exc:  # a second Ctrl-C, a SIGTERM: the trials are queued again by the session
             for trial in claimed:
-                gate.mark_interrupted(trial)
+                gate.mark_interrupted(trial, exc)
             heartbeats.close()
             for trial in claimed:
                 _tell(study, trial, TrialState.FAIL, None, callbacks)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,11 +15,16 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from skipsearch.errors import UsageError
-from skipsearch.search.budget import count_finished, uncounted_failures
-from skipsearch.search.definition import StudyDefinition, default_study, load_study_file, validate
-from skipsearch.search.session import StudySession, artifact_dir, open_session
+from skipsearch.execution.interrupts import graceful_interrupts
+from skipsearch.execution.session import StudySession, open_session
+from skipsearch.proxy.config import metric_spec
+from skipsearch.search.definition import StudyDefinition
 from skipsearch.settings import Settings
 from skipsearch.store import BestRow, default_storage_url, redact_url
+from skipsearch.store.records import count_finished, uncounted_failures
+from skipsearch.store.studies import artifact_dir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +38,7 @@ class OptimizeResult:
     interrupted: bool = False
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # what the export said: rejected winners skipped
+    metric: str = "fid"  # which way is better comes from its spec
 
     def verdict_lines(self) -> list[str]:
         """Plain words on what validation found: nothing validated, or nothing beat rho = 1."""
@@ -43,19 +51,22 @@ class OptimizeResult:
         if not values:
             return ["nothing was validated: every candidate trial failed or was pruned; see the trials' fail_reason"
                     " ('skipsearch report')"]
-        untuned = [v for v in values if v.get("baseline", "").startswith("untuned")]
+        spec = metric_spec(self.metric)
+        untuned = [v for v in values if v.get("baseline_kind") == "untuned"]
         searched = [v for v in values if not v.get("baseline")]
-        if untuned and (not searched or min(v["value"] for v in searched) >= untuned[0]["value"]):
+        if untuned and (not searched or not spec.better(spec.best(v["value"] for v in searched),
+                                                        untuned[0]["value"])):
             return [f"no searched schedule beat rho = 1 after validation (untuned {untuned[0]['value']:.4f}); the "
                     "best stored schedule is the untuned model unless another baseline won"]
         if untuned:
-            best = min(v["value"] for v in searched)
-            lift = 100 * (untuned[0]["value"] - best) / untuned[0]["value"]
-            return [f"best searched schedule {best:.4f} vs untuned {untuned[0]['value']:.4f} ({lift:.1f}% lower)"]
+            best = spec.best(v["value"] for v in searched)
+            change = 100 * abs(untuned[0]["value"] - best) / abs(untuned[0]["value"])
+            way = "lower" if spec.direction == "minimize" else "higher"
+            return [f"best searched schedule {best:.4f} vs untuned {untuned[0]['value']:.4f} ({change:.1f}% {way})"]
         return []
 
 
-def default_export_path(storage_url: str, study_name: str, settings: Settings | None = None) -> Path:
+def default_export_path(storage_url: str, study_name: str, settings: Settings) -> Path:
     """``schedules/<study>.json`` beside a SQLite file; for a server database, in a folder named after it, so the
     exports of two databases never overwrite each other."""
     folder = artifact_dir(storage_url, settings).parent / "schedules"
@@ -79,10 +90,44 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
                    settings: Settings | None = None,
                    on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
                    on_session: Callable[[StudySession], None] | None = None,
-                   on_validated: Callable[[FrozenTrial, float], None] | None = None) -> OptimizeResult:
-    """Run a study to its budget, validate the top trials and export the best schedule."""
+                   on_validated: Callable[[FrozenTrial, float], None] | None = None,
+                   on_stop: Callable[[], None] | None = None) -> OptimizeResult:
+    """Run a study to its budget, validate the top trials and export the best schedule.
+
+    Interrupts (:mod:`skipsearch.execution.interrupts`): the first Ctrl-C lets the running trial or validation
+    finish, stores it and returns an interrupted result (``on_stop`` says so; by default a log warning); a second
+    aborts. Python's ``optimize`` gets this as the CLI does. ``settings``: the caller's (the CLI's), handed to every
+    stage; without them the environment is read here, once (``Settings.from_env()``).
+    """
+    settings = settings if settings is not None else Settings.from_env()
+    sessions: list[StudySession] = []
+
+    def stop() -> bool:
+        if not sessions:  # still loading the model: nothing to finish, abort
+            return False
+        sessions[0].interrupted = True
+        with contextlib.suppress(RuntimeError):  # no optimize loop running right now
+            sessions[0].study.stop()
+        (on_stop or _say_stopping)()
+        return True
+
+    with graceful_interrupts(stop):
+        return _run_definition(definition, storage_url=storage_url, device=device, export=export, workers=workers,
+                               ray_address=ray_address, settings=settings, on_trial=on_trial,
+                               on_session=on_session, on_validated=on_validated, sessions=sessions)
+
+
+def _say_stopping() -> None:
+    log.warning("stopping after the current trial or validation (Ctrl-C again to abort now)")
+
+
+def _run_definition(definition: StudyDefinition, *, storage_url: str | None, device: str,
+                    export: str | Path | None, workers: int | None, ray_address: str | None,
+                    settings: Settings, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None,
+                    on_session: Callable[[StudySession], None] | None,
+                    on_validated: Callable[[FrozenTrial, float], None] | None,
+                    sessions: list[StudySession]) -> OptimizeResult:
     start = time.perf_counter()
-    settings = settings or Settings.from_env()
     storage_url = storage_url or default_storage_url(settings)
     if workers is not None:  # checked before the model loads or the study is created
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -92,23 +137,34 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
                              "process; Ray workers run one trial each: use one of --workers, --trials-per-batch")
         from skipsearch.execution.ray import check_address
         check_address(ray_address)
-    session = open_session(definition, storage_url=storage_url, device=device, settings=settings)
-    session.enqueue_starts()
-    if on_session is not None:
-        on_session(session)
+    # With workers the rho bounds are calibrated once they are up, the sweep spread over them (prepare).
+    session = open_session(definition, storage_url=storage_url, device=device, settings=settings,
+                           calibrate=not workers)
+    sessions.append(session)
+
+    def prepare(evaluate_many: Callable[[list[Any]], list[float | None]] | None = None) -> None:
+        session.calibrate(evaluate_many)
+        session.enqueue_starts()  # after calibration: the baselines are points of the calibrated space
+        if on_session is not None:
+            on_session(session)
+
     interrupted = False
     if workers:
         from skipsearch.execution.ray import run_on_ray
-        interrupted = run_on_ray(session, workers=workers, address=ray_address, on_trial=on_trial)
+        interrupted = run_on_ray(session, workers=workers, address=ray_address, on_trial=on_trial, prepare=prepare)
     else:
+        prepare()
         session.run(callbacks=[on_trial] if on_trial else None,
                     trials_per_batch=definition.search.trials_per_batch)
         interrupted = session.interrupted
     result = OptimizeResult(session.study.study_name, storage_url, trial_counts(session.study),
-                            interrupted=interrupted)
+                            interrupted=interrupted, metric=definition.proxy.metric)
     if not interrupted and session.remaining() == 0:
         result.validations = session.validate(on_done=on_validated)
-        result.best = session.best_row()
+        # A Ctrl-C during validation stops after the candidate being scored: those done are stored, the same
+        # command validates the rest and exports; nothing is exported from a partial validation.
+        result.interrupted = session.interrupted
+        result.best = None if result.interrupted else session.best_row()
         if result.best is not None:
             from skipsearch.export.schedule import AllRejectedError, export_best
             path = Path(export) if export else default_export_path(storage_url, session.study.study_name, settings)
@@ -120,7 +176,7 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
                 result.best = None
                 result.notes.append(str(exc))
         from skipsearch.export.review import open_review  # a verdict form per validated candidate (dashboard)
-        open_review(session.study, storage_url, session.objective.artifact_store, settings)
+        open_review(session.study, storage_url, session.objective.artifacts.store, settings)
     from skipsearch.export.note import save_study_note
     save_study_note(session, result)  # optuna-dashboard's study note: what was searched, what won, where it went
     result.seconds = time.perf_counter() - start
@@ -128,20 +184,17 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
     return result
 
 
-def optimize(model: str = "edm", nfe: int | None = None, sampler: str | None = None, *,
+def optimize(model: str | None = None, nfe: int | None = None, sampler: str | None = None, *,
              study: str | Path | StudyDefinition | None = None, storage: str | None = None,
              device: str = "cpu", export: str | Path | None = None, workers: int | None = None,
              ray_address: str | None = None, settings: Settings | None = None, **overrides: Any) -> OptimizeResult:
     """Python mirror of ``skipsearch optimize``; ``overrides`` as ``trials=8``, ``space='per-layer'``,
-    ``proxy__rungs=(100, 200)``, ``search__pruner='median'``.
+    ``proxy__rungs=(100, 200)``, ``search__pruner='median'``. ``model`` overrides a study's own model only when
+    given; without a study it defaults to the bundled ``edm``. ``settings``: as :func:`run_definition` (without
+    them the environment is read here, once: study files in ``SKIPSEARCH_STUDIES`` are found too).
     """
-    if isinstance(study, StudyDefinition):
-        base = study
-    elif study is not None:
-        base = load_study_file(study)
-    else:
-        base = default_study(model, sampler, nfe, settings=settings)
-    definition = base.override(model=model, nfe=nfe, sampler=sampler, **overrides)
-    validate(definition)
+    settings = settings if settings is not None else Settings.from_env()
+    definition = StudyDefinition.from_options(study=study, model=model, nfe=nfe, sampler=sampler, settings=settings,
+                                              **overrides)
     return run_definition(definition, storage_url=storage, device=device, export=export, workers=workers,
                           ray_address=ray_address, settings=settings)

@@ -17,36 +17,34 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from skipsearch.device import resolve_device
-from skipsearch.models import SkipAdapter, load_model
-from skipsearch.proxy.config import ProxyConfig, default_proxy_config
-from skipsearch.proxy.fid_proxy import FidProxy
-from skipsearch.sampling.samplers import check_sampler_options, get_sampler, steps_for_nfe
-from skipsearch.search import validation
-from skipsearch.search.batched import run_trial_batch
-from skipsearch.search.budget import (
-    FINISHED,
-    RequeueStaleTrial,
+from skipsearch.execution.batched import run_trial_batch
+from skipsearch.execution.budget import (
     TrialGate,
     TrialSkipped,
-    count_finished,
     process_tag,
     recover_orphans,
     requeue_interrupted,
     running,
+    trial_storage,
     used,
 )
-from skipsearch.search.calibration import calibrate
+from skipsearch.export.artifacts import TrialArtifacts
+from skipsearch.models import SkipAdapter, load_model
+from skipsearch.proxy.config import METRICS, ProxyConfig, default_proxy_config
+from skipsearch.proxy.fid_proxy import FidProxy
+from skipsearch.sampling.samplers import check_sampler_options, get_sampler, steps_for_nfe
+from skipsearch.schedule import SkipSchedule
+from skipsearch.search import validation
+from skipsearch.search.calibration import calibrate as sweep_rho_bounds
 from skipsearch.search.definition import StudyDefinition, StudyDefinitionError
 from skipsearch.search.definition import validate as validate_definition
 from skipsearch.search.objective import TRIAL_FAILURES, Objective
-from skipsearch.search.records import Calibration, StudyRecord
 from skipsearch.search.spaces import (
     SearchSpace,
     SpaceContext,
@@ -57,42 +55,16 @@ from skipsearch.search.spaces import (
 )
 from skipsearch.search.strategies import make_pruner, make_sampler
 from skipsearch.settings import Settings
-from skipsearch.store import BestKey, BestStore, StoreError, default_storage_url, redact_url
+from skipsearch.store import BestKey, BestStore, default_storage_url
 from skipsearch.store.locks import study_lock
+from skipsearch.store.records import Calibration, StudyRecord, TrialRecord, count_finished
+from skipsearch.store.studies import artifact_dir
 
-__all__ = ["FINISHED", "StudySession", "artifact_dir", "count_finished", "open_session", "optuna_storage",
-           "study_name_for"]
+__all__ = ["StudySession", "open_session", "study_name_for"]
 
 log = logging.getLogger(__name__)
 
 WAIT_POLL_SECONDS = 1.0  # how often a process whose budget is all claimed looks whether a claim came free
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Storage.
-
-
-def artifact_dir(storage_url: str, settings: Settings | None = None) -> Path:
-    """Trial artifacts: ``Settings.artifacts``, else beside a SQLite file, else ``<home>/artifacts``."""
-    settings = settings or Settings.from_env()
-    if settings.artifacts is not None:
-        return settings.artifacts
-    if storage_url.startswith("sqlite:///"):
-        return Path(storage_url.removeprefix("sqlite:///")).expanduser().resolve().parent / "artifacts"
-    return settings.home / "artifacts"
-
-
-def optuna_storage(url: str, heartbeat_seconds: int = 10) -> optuna.storages.RDBStorage:
-    """RDB storage with heartbeat: a dead worker's RUNNING trial is failed and its parameters queued again."""
-    try:
-        with warnings.catch_warnings():  # heartbeat and its retry callback are flagged experimental by Optuna
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
-                heartbeat_stale_trial_callback=RequeueStaleTrial(),
-                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
-    except Exception as exc:  # sqlalchemy/driver errors vary; the store has already checked connectivity
-        raise StoreError(f"cannot open Optuna storage {redact_url(url)}: {str(exc).splitlines()[0]}") from None
 
 
 def study_name_for(definition: StudyDefinition, adapter: SkipAdapter) -> str:
@@ -119,6 +91,9 @@ class StudySession:
     storage_url: str
     settings: Settings = field(default_factory=Settings)
     calibration: Calibration | None = None  # how the rho bounds were set, when they were calibrated
+    # The definition the study was named from, before calibration replaced its rho bounds: what another process
+    # opens to join this study (with ``study_name``), so every process runs on the one study.
+    requested: StudyDefinition | None = None
     objective: Objective = field(init=False)
     interrupted: bool = False
     tag: str = field(default_factory=process_tag)  # names this process on the trials it runs
@@ -131,14 +106,58 @@ class StudySession:
         if self.space.finetune:  # S²-DM spaces: each trial fine-tunes a copy of the model
             from skipsearch.search.finetune import FinetuneBudget, FinetuneObjective
             self.objective = FinetuneObjective(self.adapter, self.proxy, self.space, space_name=self.definition.space,
-                                               artifact_store=store, study=self.study, search=self.definition.search,
+                                               artifacts=TrialArtifacts(store), study=self.study,
+                                               search=self.definition.search,
                                                weights_dir=folder / "s2dm" / self.study.study_name,
                                                budget=FinetuneBudget.from_settings(self.settings))
         else:
             self.objective = Objective(self.adapter, self.proxy, self.space, space_name=self.definition.space,
-                                       artifact_store=store)
+                                       artifacts=TrialArtifacts(store))
         # The objective says which steps it reports (image counts, or training steps for fine-tuning trials).
         self.study.pruner = make_pruner(self.definition.search, self.objective.pruning_steps())
+        if self.requested is None:
+            self.requested = self.definition
+
+    # --- calibration of the rho bounds --------------------------------------------------------------------------
+    @property
+    def calibration_pending(self) -> bool:
+        """The space searches rho with calibrated bounds, and this process has not applied them yet."""
+        return (self.space.searches_rho and self.definition.space_bounds.calibrate
+                and self.calibration is None)
+
+    def calibrate(self, evaluate_many: Callable[[list[SkipSchedule | None]], list[float | None]] | None = None
+                  ) -> Calibration | None:
+        """Set the rho bounds from the study's stored sweep, running the sweep first when none is stored.
+
+        ``evaluate_many`` scores a list of schedules at the calibration n (None where a schedule fails); the Ray
+        executor passes one that spreads them over its workers. No lock is held meanwhile (on SQLite every study
+        lock is the database's one lock file, and the workers take it to join): the sweep is deterministic, so two
+        processes that calibrate at once store the same bounds.
+        """
+        if not self.calibration_pending:
+            return self.calibration
+        n = self.definition.space_bounds.calibrate_n
+        calibration = StudyRecord(self.study).calibration()
+        if calibration is None:
+            calibration = sweep_rho_bounds(lambda s: self.proxy.evaluate(s, rungs=[n], preview=0).value,
+                                           len(self.adapter.skip_points), n=n, evaluate_many=evaluate_many)
+            StudyRecord(self.study).set_calibration(calibration)
+        self._apply_calibration(calibration)
+        return calibration
+
+    def refresh_calibration(self) -> bool:
+        """Apply the stored calibration if another process has written it since; True when the bounds are set."""
+        if self.calibration_pending and (calibration := StudyRecord(self.study).calibration()) is not None:
+            self._apply_calibration(calibration)
+        return not self.calibration_pending
+
+    def _apply_calibration(self, calibration: Calibration) -> None:
+        bounds = dataclasses.replace(self.definition.space_bounds, rho_min=calibration.rho_min,
+                                     rho_max=calibration.rho_max)
+        self.definition = dataclasses.replace(self.definition, space_bounds=bounds)
+        self.space = get_space(self.definition.space, self.space.ctx, bounds)
+        self.objective.space = self.space
+        self.calibration = calibration
 
     @property
     def key(self) -> BestKey:
@@ -149,7 +168,7 @@ class StudySession:
         samplers = self.space.ctx.samplers if self.space.choose_sampler else (self.definition.sampler,)
         rows = [row for name in samplers
                 if (row := self.store.get(dataclasses.replace(self.key, sampler=name))) is not None]
-        return min(rows, key=lambda row: row.value) if rows else None
+        return min(rows, key=lambda row: METRICS.get(row.metric).sort_key(row.value)) if rows else None
 
     def remaining(self) -> int:
         """Budget not yet used by finished trials (running ones may still use it, or fail and be queued again)."""
@@ -164,11 +183,11 @@ class StudySession:
             wait_for_others: bool = True, trials_per_batch: int = 1) -> int:
         """Run trials until the study-wide budget is used (or ``n_trials`` ran here); the number run here.
 
-        Each trial first claims a budget slot (:class:`skipsearch.search.budget.TrialGate`); orphans of dead
+        Each trial first claims a budget slot (:class:`skipsearch.execution.budget.TrialGate`); orphans of dead
         processes are failed and queued again first. With ``wait_for_others``, a process whose slots are all
         claimed by running trials elsewhere waits for them: they may die and be queued again. With
         ``trials_per_batch`` K > 1, K trials are asked at once and scored in shared forwards
-        (:func:`skipsearch.search.batched.run_trial_batch`); fine-tuning spaces run one at a time.
+        (:func:`skipsearch.execution.batched.run_trial_batch`); fine-tuning spaces run one at a time.
         """
         gate = TrialGate(self.objective, self.definition.trials, self.lock, self.tag)
         catch = (*TRIAL_FAILURES, TrialSkipped)
@@ -216,7 +235,8 @@ class StudySession:
             return []
         labels = []
         for baseline in baselines(self.space, self.definition.nfe):
-            self.study.enqueue_trial(baseline.params, user_attrs={"baseline": baseline.label}, skip_if_exists=True)
+            self.study.enqueue_trial(baseline.params, skip_if_exists=True, user_attrs=TrialRecord(
+                baseline=baseline.label, baseline_kind=baseline.kind).attrs())
             labels.append(baseline.label)
         if self.definition.search.warm_start:
             for row in self._neighbours():
@@ -231,10 +251,15 @@ class StudySession:
     def _neighbours(self, count: int = 2):
         if self.definition.nfes:  # a multi-NFE study covers its neighbours itself
             return []
-        rows = [r for r in self.store.best(self.adapter.name, self.definition.sampler)
+        # A space that chooses the sampler finds a neighbour's winner under the sampler it chose (one valid here).
+        samplers = self.space.ctx.samplers if self.space.choose_sampler else (self.definition.sampler,)
+        rows = [r for name in samplers for r in self.store.best(self.adapter.name, name)
                 if r.weights_sha256 == self.adapter.identity.sha256 and r.nfe != self.definition.nfe
                 and r.space == self.definition.space]
-        return sorted(rows, key=lambda r: abs(math.log(r.nfe / self.definition.nfe)))[:count]
+        best = {}  # one row per neighbouring NFE: its best over the samplers
+        for row in sorted(rows, key=lambda r: r.value):
+            best.setdefault(row.nfe, row)
+        return sorted(best.values(), key=lambda r: abs(math.log(r.nfe / self.definition.nfe)))[:count]
 
 
 class _OneLineFailures(logging.Filter):
@@ -268,8 +293,15 @@ def _one_line_trial_failures(expected: tuple[type[BaseException], ...]) -> Itera
 
 
 def open_session(definition: StudyDefinition, *, storage_url: str | None = None, device: str = "cpu",
-                 adapter: SkipAdapter | None = None, settings: Settings | None = None) -> StudySession:
-    """Load the model, proxy and space, and create or resume the study (``load_if_exists``)."""
+                 adapter: SkipAdapter | None = None, settings: Settings | None = None,
+                 study_name: str | None = None, calibrate: bool = True) -> StudySession:
+    """Load the model, proxy and space, and create or resume the study (``load_if_exists``).
+
+    ``study_name`` joins that study (a worker of another process's run) instead of naming one from the
+    definition. ``calibrate=False`` leaves the rho bounds to :meth:`StudySession.calibrate` (the Ray executor
+    sweeps on its workers) unless the study already stores them. ``settings`` go to every stage (store, model,
+    proxy, artifacts); without them the environment is read here (``Settings.from_env()``).
+    """
     settings = settings or Settings.from_env()
     # Cheap checks first: a typo must not cost a model load.
     validate_definition(definition)  # types and ranges, also of a definition made in Python rather than from a file
@@ -281,7 +313,7 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
     check_sampler_options(definition.sampler, definition.sampler_options,
                           where=f"{definition.source}: [sampler_options]")
     storage_url = storage_url or default_storage_url(settings)
-    store = BestStore(storage_url)
+    store = BestStore(storage_url, lock_timeout=settings.lock_timeout)
     if adapter is None:
         adapter = load_model(definition.model, checkpoint=definition.checkpoint, trust_pickle=definition.trust_pickle,
                              device=str(resolve_device(device)), settings=settings)
@@ -298,11 +330,12 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
                        samplers=samplers_for(definition.nfes or (definition.nfe,)),
                        default_spacing=adapter.default_spacing)
     space = get_space(definition.space, ctx, definition.space_bounds)
-    name = study_name_for(definition, adapter)
+    name = study_name or study_name_for(definition, adapter)
     # Processes starting together on a fresh database would race to create Optuna's tables.
     with study_lock(store.engine, "optuna-schema"):
-        study = optuna.create_study(storage=optuna_storage(storage_url, settings.heartbeat_seconds),
-                                    study_name=name, direction="minimize", load_if_exists=True,
+        study = optuna.create_study(storage=trial_storage(storage_url, settings.heartbeat_seconds),
+                                    study_name=name, direction=METRICS.get(definition.proxy.metric).direction,
+                                    load_if_exists=True,
                                     sampler=make_sampler(definition.search))
     record = StudyRecord(study)
     _check_identity(record, definition, adapter, name)
@@ -313,19 +346,12 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
     with study_lock(store.engine, f"{name}:claim"):
         process_index = record.join()
     study.sampler = make_sampler(definition.search, process_index=process_index)
-    calibration = None
-    if space.searches_rho and definition.space_bounds.calibrate:
-        calibration = record.calibration()
-        if calibration is None:
-            calibration = calibrate(lambda s: proxy.evaluate(s, rungs=[definition.space_bounds.calibrate_n],
-                                                             preview=0).value,
-                                    len(adapter.skip_points), n=definition.space_bounds.calibrate_n)
-            record.set_calibration(calibration)
-        bounds = dataclasses.replace(definition.space_bounds, rho_min=calibration.rho_min,
-                                     rho_max=calibration.rho_max)
-        definition = dataclasses.replace(definition, space_bounds=bounds)
-        space = get_space(definition.space, ctx, bounds)
-    return StudySession(definition, adapter, proxy, space, study, store, storage_url, settings, calibration)
+    session = StudySession(definition, adapter, proxy, space, study, store, storage_url, settings)
+    if calibrate:
+        session.calibrate()
+    else:
+        session.refresh_calibration()
+    return session
 
 
 def _check_identity(record: StudyRecord, definition: StudyDefinition, adapter: SkipAdapter, name: str) -> None:

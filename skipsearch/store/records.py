@@ -10,9 +10,29 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
 _RUNG_PREFIX = "proxy_n"  # proxy value after a rung of n images: proxy_n200
 _STEP_PREFIX = "proxy_step"  # fine-tuning trials: proxy after a training step
 _LOSS_PREFIX = "loss_step"
+# An enqueued baseline's kind: "untuned" is rho = 1 on the study's own sampler and grid (for S²-DM spaces: the tau = 1
+# fine-tune at rho = 1), the reference of every lift; "paper" the paper's linear recipe; "grid" rho = 1 on another
+# grid shape (AYS); "sampler" rho = 1 with another sampler of a space that chooses it.
+BASELINE_KINDS = ("untuned", "paper", "grid", "sampler")
+
+
+def legacy_baseline_kind(label: str | None) -> str | None:
+    """The kind of a baseline recorded before kinds were (by its label); None for no baseline."""
+    if not label:
+        return None
+    if "paper recipe" in label:
+        return "paper"
+    if label.startswith("untuned (rho=1), Align-Your-Steps"):
+        return "grid"
+    if label.startswith("untuned (rho=1), "):
+        return "sampler"
+    return "untuned"
 
 
 @dataclass
@@ -24,6 +44,7 @@ class TrialRecord:
     nfe: int | None = None
     trial_kind: str | None = None  # None: a rho trial; "finetune-s2dm": the weights were fine-tuned
     baseline: str | None = None  # label of an enqueued baseline ("untuned (rho=1)", "paper recipe ...")
+    baseline_kind: str | None = None  # what the baseline is (BASELINE_KINDS); readers go by this, never the label
     warm_start: str | None = None  # "best of NFE 17": enqueued from a neighbouring study's best
     seeds: str | None = None  # "0-399": the image seeds of the last rung
     denoiser_calls: int | None = None
@@ -34,7 +55,7 @@ class TrialRecord:
     extractor: str | None = None
     weights_sha256: str | None = None  # fine-tuned weights
     fail_reason: str | None = None
-    uncounted: str | None = None  # why a FAIL trial does not count against the budget (skipsearch.search.budget)
+    uncounted: str | None = None  # why a FAIL trial does not count against the budget (skipsearch.execution.budget)
     claimed_by: str | None = None  # worker that claimed a budget slot for it
     sample_grid_artifact: str | None = None  # optuna artifact id of the sample grid
     rho_heatmap_artifact: str | None = None  # optuna artifact id of the rho heatmap (skip point x interval)
@@ -73,6 +94,8 @@ class TrialRecord:
         attrs = dict(trial.user_attrs)
         names = {f.name for f in dataclasses.fields(cls)} - {"rungs", "steps", "losses"}
         record = cls(**{k: v for k, v in attrs.items() if k in names})
+        if record.baseline and not record.baseline_kind:
+            record.baseline_kind = legacy_baseline_kind(record.baseline)
         for prefix, target in ((_RUNG_PREFIX, record.rungs), (_STEP_PREFIX, record.steps),
                                (_LOSS_PREFIX, record.losses)):
             for key, value in attrs.items():
@@ -91,6 +114,7 @@ class Validated:
     proxy: float | None = None  # the trial's search-time value
     seeds: str | None = None
     baseline: str | None = None
+    baseline_kind: str | None = None  # TrialRecord.baseline_kind of the trial
     error: str | None = None
     nfe_values: dict[str, float] | None = None  # multi-NFE studies: the metric at each NFE ("value" is their mean
     # ratio to rho = 1)
@@ -100,8 +124,11 @@ class Validated:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Validated:
-        return cls(**{k: d[k] for k in ("n", "value", "proxy", "seeds", "baseline", "error", "nfe_values")
-                      if k in d})
+        entry = cls(**{k: d[k] for k in ("n", "value", "proxy", "seeds", "baseline", "baseline_kind", "error",
+                                          "nfe_values") if k in d})
+        if entry.baseline and not entry.baseline_kind:
+            entry.baseline_kind = legacy_baseline_kind(entry.baseline)
+        return entry
 
 
 @dataclass(frozen=True)
@@ -183,3 +210,40 @@ def review_study_name(study_name: str) -> str:
 
 def is_review_study(study_name: str) -> bool:
     return study_name.endswith(REVIEW_SUFFIX)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Which finished trials used the budget (the budget itself is kept by skipsearch.execution.budget).
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def retried_trials(trials: list[FrozenTrial]) -> set[int]:
+    numbers: set[int] = set()
+    for t in trials:
+        history = t.system_attrs.get("retry_history") or []
+        numbers.update(int(n) for n in history)
+        if t.system_attrs.get("failed_trial") is not None:
+            numbers.add(int(t.system_attrs["failed_trial"]))
+    return numbers
+
+
+def counts_against_budget(trial: FrozenTrial, retried: set[int]) -> bool:
+    """Whether a finished trial used the budget: complete, pruned, or failed and neither uncounted nor retried."""
+    if trial.state != TrialState.FAIL:
+        return True
+    return trial.number not in retried and not TrialRecord.read(trial).uncounted
+
+
+def count_finished(study: optuna.Study) -> int:
+    """Finished trials that used the budget."""
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_trials(trials)
+    return sum(1 for t in trials if t.state in FINISHED and counts_against_budget(t, retried))
+
+
+def uncounted_failures(study: optuna.Study) -> int:
+    """FAIL trials that did not use the budget (skipped, or queued again)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_trials(trials)
+    return sum(1 for t in trials if t.state == TrialState.FAIL and not counts_against_budget(t, retried))

@@ -24,58 +24,23 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from skipsearch.errors import SkipsearchError
-from skipsearch.search.records import TrialRecord
+from skipsearch.errors import ControlSignal, Terminated
+from skipsearch.store.records import TrialRecord, count_finished
+from skipsearch.store.studies import optuna_storage
 
 log = logging.getLogger(__name__)
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 MAX_REQUEUES = 2  # a trial whose worker dies this many times in a row stays FAIL (and counts): it may be the cause
 MAX_DUPLICATES = 20  # consecutive exact repeats before a process accepts one (the space may be exhausted)
 
 
-class TrialSkipped(SkipsearchError, RuntimeError):
+class TrialSkipped(ControlSignal):
     """The trial gave up before any work and does not count (no slot left, a repeat of a finished trial)."""
 
 
 def process_tag() -> str:
     """``host:pid:suffix``: names the process running a trial; the suffix tells apart reused pids and hosts."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Counting.
-
-
-def _retried(trials: list[FrozenTrial]) -> set[int]:
-    numbers: set[int] = set()
-    for t in trials:
-        history = t.system_attrs.get("retry_history") or []
-        numbers.update(int(n) for n in history)
-        if t.system_attrs.get("failed_trial") is not None:
-            numbers.add(int(t.system_attrs["failed_trial"]))
-    return numbers
-
-
-def _counts(trial: FrozenTrial, retried: set[int]) -> bool:
-    """Whether a finished trial used the budget: complete, pruned, or failed and neither uncounted nor retried."""
-    if trial.state != TrialState.FAIL:
-        return True
-    return trial.number not in retried and not TrialRecord.read(trial).uncounted
-
-
-def count_finished(study: optuna.Study) -> int:
-    """Finished trials that used the budget."""
-    trials = study.get_trials(deepcopy=False)
-    retried = _retried(trials)
-    return sum(1 for t in trials if t.state in FINISHED and _counts(t, retried))
-
-
-def uncounted_failures(study: optuna.Study) -> int:
-    """FAIL trials that did not use the budget (skipped, or queued again)."""
-    trials = study.get_trials(deepcopy=False)
-    retried = _retried(trials)
-    return sum(1 for t in trials if t.state == TrialState.FAIL and not _counts(t, retried))
 
 
 def running(study: optuna.Study, exclude: int | None = None) -> list[FrozenTrial]:
@@ -125,12 +90,13 @@ class TrialGate:
         self.claim(trial)
         try:
             return self.objective(trial)
-        except KeyboardInterrupt:  # a second Ctrl-C: the trial is queued again once Optuna has failed it
-            self.mark_interrupted(trial)
+        except KeyboardInterrupt as exc:  # a second Ctrl-C, a SIGTERM: queued again once Optuna has failed it
+            self.mark_interrupted(trial, exc)
             raise
 
-    def mark_interrupted(self, trial: optuna.Trial) -> None:
-        TrialRecord.put(trial, fail_reason="interrupted (Ctrl-C)", uncounted="interrupted (Ctrl-C)")
+    def mark_interrupted(self, trial: optuna.Trial, exc: BaseException | None = None) -> None:
+        reason = "interrupted (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        TrialRecord.put(trial, fail_reason=reason, uncounted=reason)
         self.interrupted.append(trial.number)
 
     def __getattr__(self, name: str) -> Any:
@@ -181,6 +147,11 @@ class RequeueStaleTrial:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         requeue(study, trial)
+
+
+def trial_storage(url: str, heartbeat_seconds: int = 10) -> optuna.storages.RDBStorage:
+    """The storage trials run on: a dead worker's RUNNING trial is failed and its parameters queued again."""
+    return optuna_storage(url, heartbeat_seconds, on_stale=RequeueStaleTrial())
 
 
 def fail_and_requeue(study: optuna.Study, trials: list[FrozenTrial], reason: str) -> list[int]:

@@ -1,0 +1,5 @@
+"""``python -m skipsearch.cli``."""
+
+from skipsearch.cli import main
+
+main()

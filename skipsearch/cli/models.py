@@ -1,0 +1,276 @@
+"""Commands on a model: ``models``, ``skip-points``, ``sample``, ``train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from skipsearch.cli.app import app, console, out, settings_of
+from skipsearch.cli.options import (
+    CheckpointOpt,
+    DeviceOpt,
+    FormatOpt,
+    ModelOpt,
+    TrustOpt,
+    WideOpt,
+    check_image_output,
+    check_max_nfe,
+    check_output_folder,
+    check_positive,
+    device_type,
+    load_adapter,
+    print_rows,
+    progress_bar,
+)
+from skipsearch.errors import SkipsearchError, UsageError
+from skipsearch.settings import Settings
+
+
+def parse_rho(text: str, num_skip_points: int):
+    """``0.7`` -> constant; ``0.68:1.0`` -> linear bottom->top (the paper's notation 0.68 -> 1.0)."""
+    import math
+
+    from skipsearch.schedule import SkipSchedule
+    try:
+        parts = [float(p) for p in text.split(":")]
+    except ValueError:
+        raise UsageError(f"--rho {text!r}: give a number (0.7) or bottom:top (0.68:1.0)") from None
+    if not all(math.isfinite(p) for p in parts):
+        raise UsageError(f"--rho {text!r}: rho must be a finite number")
+    if len(parts) == 1:
+        return SkipSchedule.constant(parts[0], num_skip_points)
+    if len(parts) == 2:
+        return SkipSchedule.linear(parts[0], parts[1], num_skip_points)
+    raise UsageError(f"--rho {text!r}: give a number (0.7) or bottom:top (0.68:1.0)")
+
+
+def _weights_of(schedule: Path, settings: Settings) -> Optional[Path]:
+    """Fine-tuned weights a schedule names (S²-DM exports), only from beside the JSON or the study artifacts and
+    only with the sha256 the schedule records (a schedule is data from anyone; ``--checkpoint`` chooses others)."""
+    import json
+
+    from skipsearch.export.weights import schedule_weights
+    from skipsearch.inputs import read_user_text
+    from skipsearch.store import default_storage_url
+    from skipsearch.store.studies import artifact_dir
+    try:
+        doc = json.loads(read_user_text(schedule, "schedule file"))
+    except (SkipsearchError, ValueError, RecursionError):
+        return None  # SkipSchedule.load reports the real problem with the file
+    if not isinstance(doc, dict) or not isinstance(doc.get("provenance"), dict):
+        return None
+    if not doc["provenance"].get("weights_path"):
+        return None
+    return schedule_weights(schedule, doc, artifact_dir(default_storage_url(settings), settings))
+
+
+def resolve_schedule(adapter, schedule: Optional[Path], rho: Optional[str], *, sampler: Optional[str] = None,
+                     nfe: Optional[int] = None):
+    """The schedule to sample with; a warning on stderr when it was tuned for another sampler or NFE."""
+    from skipsearch.schedule import SkipSchedule
+    if schedule is not None and rho is not None:
+        raise UsageError("give either --schedule or --rho, not both")
+    if schedule is not None:
+        tuned = SkipSchedule.load(schedule, expect_model=adapter.identity)
+        other = (tuned.sampler is not None and sampler is not None and tuned.sampler != sampler) or (
+            tuned.nfe is not None and nfe is not None and tuned.nfe != nfe and nfe not in tuned.nfe_set)
+        if other:  # allowed (a schedule may transfer), but rarely what was meant
+            tuned_for = " ".join(p for p in (tuned.sampler, f"NFE {tuned.nfe}" if tuned.nfe else None) if p)
+            console.print(f"[yellow]warning:[/yellow] {escape(schedule.name)} was tuned for {escape(tuned_for)}; "
+                          f"sampling {escape(sampler or '')} NFE {nfe}", soft_wrap=True)
+        return tuned
+    if rho is not None:
+        return parse_rho(rho, len(adapter.skip_points)).with_metadata(model=adapter.identity)
+    return None
+
+
+@app.command()
+def models(ctx: typer.Context, fmt: str = FormatOpt, wide: bool = WideOpt) -> None:
+    """List the registered models and the model files found (skip points, source)."""
+    from skipsearch.export.tables import Column
+    from skipsearch.models import list_models
+    rows = [{"name": info.name, "skip_points": info.num_skip_points or None, "description": info.description,
+             "source": info.source} for info in list_models(settings_of(ctx))]
+    columns = [Column("name", key="name", wrap=True), Column("skip points", key="skip_points", right=True),
+               Column("description", wrap=True), Column("weights", 1, key="source", wrap=True)]
+    print_rows("skipsearch models", columns, rows, fmt, wide, fields=list(rows[0]) if rows else None)
+
+
+MAX_PROBE_BATCH = 1024  # skip-points --n: plenty for a mean norm ratio; one forward of it fits a GPU or a laptop
+
+
+@app.command("skip-points")
+def skip_points(ctx: typer.Context, model: str = ModelOpt, checkpoint: Optional[Path] = CheckpointOpt,
+                trust_pickle: bool = TrustOpt, device: str = DeviceOpt,
+                sigma: float = typer.Option(1.0, help="noise level of the probe batch"),
+                n: int = typer.Option(16, help="probe batch size"), seed: int = 0) -> None:
+    """Print the skip points (decoder order, 0 = bottom): source, consumer, widths, norm ratio ||d_i||/||u_i||."""
+    import math
+
+    import torch
+
+    check_positive(n, "--n")
+    if n > MAX_PROBE_BATCH:  # one forward pass of the whole batch: its activations must fit at once
+        raise UsageError(f"--n must be at most {MAX_PROBE_BATCH} (the probe batch is one forward pass), got {n}")
+    if not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be in [0, 2**32 - 1], got {seed}")
+    if not math.isfinite(sigma) or sigma <= 0:
+        raise UsageError(f"--sigma must be a positive number, got {sigma}")
+    adapter = load_adapter(model, checkpoint, trust_pickle, device, settings_of(ctx))
+    if sigma > adapter.sigma_max:  # noise the model never saw (and beyond float32 from ~1e38): no skip to measure
+        raise UsageError(f"--sigma {sigma:g} is above the largest noise level of {adapter.name} "
+                         f"({adapter.sigma_max:g}); give 0 < sigma <= {adapter.sigma_max:g}")
+    images = adapter.probe_images(n, seed)
+    generator = torch.Generator().manual_seed(seed)
+    x = (images + sigma * torch.randn(images.shape, generator=generator)).to(adapter.device)
+    labels = None
+    if adapter.label_dim:
+        labels = torch.nn.functional.one_hot(torch.arange(n) % adapter.label_dim, adapter.label_dim).float()
+        labels = labels.to(adapter.device)
+    ratios = adapter.norm_ratios(x, torch.full((n,), sigma, device=adapter.device), labels)
+    table = Table(title=f"skip points of {escape(adapter.name)} (sha256 {adapter.identity.sha256[:12]}), "
+                        f"sigma={sigma}")
+    table.box, table.padding, table.pad_edge = box.SIMPLE, (0, 1), False  # module names fit 80 columns whole
+    for column in ("#", "source", "consumer", "res", "main", "skip", "|d|/|u|"):
+        names = column in ("source", "consumer")
+        table.add_column(column, justify="left" if names else "right", no_wrap=True, overflow="fold")
+    for point, ratio in zip(adapter.skip_points, ratios):
+        table.add_row(str(point.index), escape(point.source or "?"), escape(point.consumer), str(point.resolution),
+                      str(point.main_channels), str(point.skip_channels), f"{ratio:.3f}")
+    out.print(table)
+    out.print(f"mean norm ratio {sum(ratios) / len(ratios):.3f} over {len(ratios)} skip points")
+    for line in getattr(adapter, "detection_report", []) or []:
+        out.print(escape(line))
+
+
+def _recipe(schedule: Optional[Path], sampler: Optional[str], nfe: Optional[int], *, default_nfe: int,
+            ) -> tuple[str, int, dict]:
+    """(sampler, NFE, sampler options) to sample with: the flags, else what the schedule names (schema v2 keeps
+    its searched sampler and options), else heun at ``default_nfe``. Options travel only with their sampler."""
+    named = None
+    if schedule is not None:  # a missing or unreadable file is refused here, before the model is loaded
+        from skipsearch.sampling.samplers import SAMPLERS, check_sampler_options
+        from skipsearch.schedule import SkipSchedule
+        named = SkipSchedule.load(schedule)  # the model is checked once it is loaded
+        if named.sampler in SAMPLERS and named.sampler_options:  # an option the sampler does not take: not later
+            check_sampler_options(named.sampler, named.sampler_options, where=f"{schedule}: sampler_options")
+    chosen = sampler if sampler is not None else (named.sampler if named is not None and named.sampler else "heun")
+    steps = nfe if nfe is not None else (named.nfe if named is not None and named.nfe else default_nfe)
+    options = dict(named.sampler_options) if named is not None and named.sampler == chosen else {}
+    if named is not None and named.sampler_options and named.sampler != chosen:
+        console.print(f"[yellow]warning:[/yellow] {escape(schedule.name)} was searched with {named.sampler} "
+                      f"options {named.sampler_options}; sampling {chosen} without them", soft_wrap=True)
+    return chosen, steps, options
+
+
+def _check_sample_size(n: int, image_shape: tuple[int, ...], scale: int) -> None:
+    """Refuse, before sampling, images and a grid that cannot be held or written (a lower bound of the memory)."""
+    import math
+
+    from skipsearch.export.images import MAX_GRID_SIDE, grid_size
+    from skipsearch.inputs import check_memory
+    height, width = grid_size(n, image_shape, scale=scale)
+    if max(height, width) > MAX_GRID_SIDE:
+        raise UsageError(f"--n {n} images at --scale {scale} make a {width}x{height}-pixel PNG grid; a side may be "
+                         f"at most {MAX_GRID_SIDE} pixels: give a smaller --n or --scale")
+    pixels = math.prod(image_shape)
+    unscaled = grid_size(n, image_shape)
+    need = n * (2 * pixels + 36) + image_shape[0] * unscaled[0] * unscaled[1] * (1 + (scale > 1) * scale ** 2)
+    check_memory(need, f"sampling {n} images of {'x'.join(map(str, image_shape))} and their grid",
+                 "give a smaller --n or --scale")
+
+
+@app.command()
+def sample(ctx: typer.Context, model: str = ModelOpt,
+           nfe: Optional[int] = typer.Option(None, "--nfe", help="denoiser calls per image (exact; default: the "
+                                             "schedule's, else 35)"),
+           sampler: Optional[str] = typer.Option(None, help="sampler (default: the schedule's, else heun)"),
+           schedule: Optional[Path] = typer.Option(None, help="schedule JSON (from 'skipsearch export')"),
+           rho: Optional[str] = typer.Option(None, help="constant rho (0.7) or linear bottom:top (0.68:1.0)"),
+           n: int = typer.Option(64, "--n", help="number of images"), seed: int = typer.Option(0, help="first seed"),
+           output: Path = typer.Option(Path("grid.png"), "-o", "--output", help="PNG grid to write"),
+           npz: Optional[Path] = typer.Option(None, help="also write the uint8 images as .npz"),
+           checkpoint: Optional[Path] = CheckpointOpt, trust_pickle: bool = TrustOpt, device: str = DeviceOpt,
+           precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (CUDA only)"),
+           batch_size: Optional[int] = typer.Option(None, help="images per batch (default: fill memory)"),
+           scale: int = typer.Option(1, help="upscale the PNG by this factor (nearest)")) -> None:
+    """Sample images with an exact NFE, optionally with a Skip-Tuning schedule."""
+    from skipsearch.device import check_precision
+    from skipsearch.export.images import save_grid, save_npz
+    from skipsearch.sampling.generate import generate
+    from skipsearch.sampling.samplers import steps_for_nfe
+    check_positive(n, "--n")
+    check_positive(batch_size, "--batch-size")
+    check_positive(scale, "--scale")
+    check_max_nfe(nfe, "--nfe")
+    if schedule is not None and schedule.is_dir():
+        raise UsageError(f"--schedule {schedule} is a folder; give a schedule JSON file")
+    sampler, nfe, options = _recipe(schedule, sampler, nfe, default_nfe=35)
+    steps_for_nfe(sampler, nfe)  # fail on a bad NFE before loading anything
+    check_image_output(output, (".png",))
+    check_precision(device_type(device), precision)
+    if npz is not None:
+        check_image_output(npz, (".npz",))
+    from skipsearch.export.weights import describe_weights
+    settings = settings_of(ctx)
+    if checkpoint is None and schedule is not None:
+        checkpoint = _weights_of(schedule, settings)
+    adapter = load_adapter(model, checkpoint, trust_pickle, device, settings)
+    tuned = resolve_schedule(adapter, schedule, rho, sampler=sampler, nfe=nfe)
+    _check_sample_size(n, tuple(adapter.img_shape), scale)
+    out.print(escape(describe_weights(checkpoint, model, adapter.identity.sha256)), soft_wrap=True)
+    with progress_bar() as progress:
+        task = progress.add_task(f"sampling {sampler} NFE {nfe}", total=n)
+        result = generate(adapter, sampler=sampler, nfe=nfe, seeds=range(seed, seed + n), schedule=tuned,
+                          batch_size=batch_size, precision=precision,
+                          progress=lambda k: progress.advance(task, k), **options)
+    save_grid(result.images, output, scale=scale)
+    grid = "" if tuned is None or tuned.grid is None else f", grid {tuned.grid.describe()}"
+    out.print(f"wrote {escape(str(output))} ({n} images, {escape(adapter.name)}, {sampler}, NFE {nfe}{grid}, "
+              f"{'untuned' if tuned is None else tuned.family + ' schedule'}, {result.seconds:.1f}s)")
+    if npz is not None:
+        save_npz(result.images, npz, seeds=result.seeds)
+        out.print(f"wrote {escape(str(npz))}")
+
+
+@app.command()
+def train(output: Path = typer.Option(Path("runs/edm-mnist"), "-o", "--output", help="folder for weights + card"),
+          kind: str = typer.Option("edm", help="edm: the bundled EDM SongUNet; ddpm: the bundled diffusers DDPM"),
+          steps: int = typer.Option(8000, help="optimizer steps"), batch_size: int = 64,
+          lr: Optional[float] = typer.Option(None, help="learning rate (default 2e-3 edm, 1e-3 ddpm)"),
+          seed: int = 0, device: str = DeviceOpt, threads: Optional[int] = None,
+          data: Optional[Path] = typer.Option(None, help="folder containing MNIST/raw (default: auto)")) -> None:
+    """Train a bundled-model architecture on MNIST (EDM or DDPM loss, EMA) and write its weights + model card."""
+    import math
+
+    from skipsearch.device import configure_cpu_threads, resolve_device
+    for value, flag in ((steps, "--steps"), (batch_size, "--batch-size"), (threads, "--threads")):
+        check_positive(value, flag)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise UsageError(f"--lr must be a finite positive number, got {lr}")
+    if not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be in [0, 2**32 - 1], got {seed}")
+    check_output_folder(output, "-o")
+    if data is not None and not (data / "MNIST" / "raw").is_dir():
+        raise UsageError(f"--data {data}: no MNIST/raw folder there")
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        configure_cpu_threads(threads)
+    if kind == "edm":
+        from skipsearch.training.edm import train_bundled_model as run
+    else:
+        from skipsearch.models.diffusers_adapter import _require_diffusers
+        from skipsearch.training.ddpm import train_bundled_ddpm as run
+        _require_diffusers()  # a missing extra is one line, not one under a progress bar
+    with progress_bar() as progress:
+        task = progress.add_task("training", total=steps)
+        card = run(output, steps=steps, batch_size=batch_size, lr=lr or (2e-3 if kind == "edm" else 1e-3),
+                   seed=seed, device=dev, data_root=data, on_step=lambda step, loss: progress.update(
+                       task, completed=step, description=f"training loss {loss:.4f}"))
+    out.print(f"wrote {escape(str(output))}: {card['steps']} steps, final loss {card['final_loss']:.4f}, "
+              f"{card['wall_seconds']:.0f}s")

@@ -1,0 +1,123 @@
+"""Commands that score: ``evaluate``, ``refstats``, ``proxy-check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from skipsearch.cli.app import app, out, settings_of
+from skipsearch.cli.models import _recipe, _weights_of, resolve_schedule
+from skipsearch.cli.options import (
+    CheckpointOpt,
+    DeviceOpt,
+    ModelOpt,
+    TrustOpt,
+    check_image_output,
+    check_max_nfe,
+    check_positive,
+    load_adapter,
+    progress_bar,
+)
+from skipsearch.errors import UsageError
+
+
+@app.command()
+def evaluate(ctx: typer.Context, model: str = ModelOpt,
+             nfe: Optional[int] = typer.Option(None, "--nfe", help="default: the schedule's, else 9"),
+             sampler: Optional[str] = typer.Option(None, help="default: the schedule's, else heun"),
+             schedule: Optional[Path] = typer.Option(None, help="schedule JSON"),
+             rho: Optional[str] = typer.Option(None, help="constant rho or bottom:top"),
+             n: int = typer.Option(2000, "--n", help="images"),
+             metric: str = typer.Option("fid", help="comma-separated: fid, kid, fid-inf"),
+             seed: int = typer.Option(0, help="seed offset (image k uses seed offset+k)"),
+             extractor: Optional[str] = typer.Option(None),
+             fid_weights: Optional[Path] = None,
+             ref: Optional[Path] = typer.Option(None, help="EDM-style reference .npz (mu, sigma)"),
+             checkpoint: Optional[Path] = CheckpointOpt, trust_pickle: bool = TrustOpt, device: str = DeviceOpt,
+             batch_size: Optional[int] = None) -> None:
+    """Proxy metric(s) of one schedule at n images, with the seeds and extractor used."""
+    import math
+
+    from skipsearch.proxy.config import METRICS, default_proxy_config
+    from skipsearch.proxy.fid_proxy import FidProxy
+    from skipsearch.sampling.samplers import steps_for_nfe
+    settings = settings_of(ctx)
+    check_positive(batch_size, "--batch-size")
+    if n < 2:
+        raise UsageError(f"--n must be at least 2, got {n}")
+    check_max_nfe(nfe, "--nfe")
+    metrics = [m.strip() for m in metric.split(",") if m.strip()]
+    unknown = [m for m in metrics if m not in METRICS]
+    if not metrics or unknown:
+        raise UsageError(f"--metric {metric!r}: use a comma-separated list of {', '.join(METRICS)}")
+    if schedule is not None and schedule.is_dir():
+        raise UsageError(f"--schedule {schedule} is a folder; give a schedule JSON file")
+    sampler, nfe, options = _recipe(schedule, sampler, nfe, default_nfe=9)
+    steps_for_nfe(sampler, nfe)
+    from skipsearch.export.weights import describe_weights
+    if checkpoint is None and schedule is not None:
+        checkpoint = _weights_of(schedule, settings)
+    adapter = load_adapter(model, checkpoint, trust_pickle, device, settings)
+    from skipsearch.inputs import check_memory
+    check_memory(n * (math.prod(adapter.img_shape) + 36), f"sampling {n} images", "give a smaller --n")
+    tuned = resolve_schedule(adapter, schedule, rho, sampler=sampler, nfe=nfe)
+    if tuned is not None:  # the flags (or the schedule's own recipe) decide how it is sampled
+        tuned = tuned.with_metadata(sampler=sampler, nfe=nfe, sampler_options=options,
+                                    nfe_set=tuned.nfe_set if nfe in tuned.nfe_set else ())
+    out.print(escape(describe_weights(checkpoint, model, adapter.identity.sha256)), soft_wrap=True)
+    for name in metrics:
+        given = dict(extractor=extractor, weights_path=str(fid_weights) if fid_weights else None,
+                     ref_path=str(ref) if ref else None)
+        overrides = {k: v for k, v in given.items() if v is not None}
+        config = default_proxy_config(adapter.dataset, fid_ref=settings.fid_ref, metric=name, rungs=(n,),
+                                      seed_offset=seed, batch_size=batch_size, **overrides)
+        proxy = FidProxy(adapter, sampler=sampler, nfe=nfe, config=config, settings=settings, sampler_options=options)
+        with progress_bar() as progress:
+            task = progress.add_task(f"{name}: sampling + features", total=n)
+            result = proxy.evaluate(tuned, preview=0, progress=lambda k: progress.advance(task, k))
+        flag = " (n <= feature dim: biased)" if result.rungs[-1].rank_deficient else ""
+        out.print(f"{name.upper()} {result.value:.4f}{flag}  n={result.n}  seeds {result.seeds[0]}.."
+                  f"{result.seeds[1] - 1}  extractor {result.extractor} ({result.extractor_sha256[:12]})  "
+                  f"{sampler} NFE {nfe}  {'untuned' if tuned is None else tuned.family}")
+
+
+@app.command()
+def refstats(ctx: typer.Context,
+             dataset: str = typer.Option("mnist"),
+             split: str = typer.Option("train"),
+             extractor: str = typer.Option("mnist-features"),
+             fid_weights: Optional[Path] = None, refresh: bool = False,
+             output: Optional[Path] = typer.Option(None, "-o",
+                                                   help="also write an EDM-style .npz (mu, sigma)")) -> None:
+    """Compute (or load from cache) reference statistics of a data set split under an extractor."""
+    from skipsearch.proxy.extractors import get_extractor
+    from skipsearch.proxy.stats import compute_reference_stats, save_npz
+    settings = settings_of(ctx)
+    if output is not None:
+        check_image_output(output, (".npz",))
+    weights = fid_weights or (settings.fid_weights if extractor == "inception-v3-compat" else None)
+    ref = compute_reference_stats(dataset, split, get_extractor(extractor, weights_path=weights,
+                                                                offline=settings.offline),
+                                  cache=settings.cache, refresh=refresh)
+    out.print(f"{dataset}/{split} under {extractor}: n={ref.stats.n}, dim={ref.stats.dim}, {ref.status} "
+              f"({escape(str(ref.path))})")
+    if output is not None:
+        save_npz(output, ref.stats)
+        out.print(f"wrote {escape(str(output))}")
+
+
+@app.command("proxy-check")
+def proxy_check_cmd(extractor: str = typer.Option("mnist-features"),
+                    n: int = 500, fid_weights: Optional[Path] = None) -> None:
+    """Disturbance table: each disturbance must raise the proxy monotonically with its strength."""
+    from skipsearch.proxy.disturb import format_table, is_monotone, proxy_check
+    if not 2 <= n <= 10000:
+        raise UsageError(f"--n must be in [2, 10000] (MNIST test images), got {n}")
+    table = proxy_check(extractor, n=n, weights_path=str(fid_weights) if fid_weights else None)
+    out.print(format_table(table))
+    ok = is_monotone(table)
+    out.print("monotone: yes" if ok else "[red]monotone: NO[/red] (this extractor can be gamed)")
+    raise typer.Exit(0 if ok else 1)
