@@ -277,7 +277,7 @@ def run_frontier(plan: FrontierPlan, *, storage_url: str, device: str = "cpu", s
                      sampler_options=base.sampler_options, settings=settings)
     key = FrontierKey(adapter.name, adapter.identity.sha256, base.sampler, n, base.search.validation_seed_offset,
                       proxy.extractor.name, proxy.extractor.weights_sha256)
-    with FrontierStore(storage_url) as store:
+    with FrontierStore(storage_url, lock_timeout=settings.lock_timeout) as store:
         run = _Run(plan, key, store, proxy, storage_url, device, settings, events, control, CallBudget(plan.budget),
                    FrontierResult(key, None, 0, 0.0), BootstrapFid(proxy.ref_stats))
         _run_all(run, nfes, spaces)
@@ -402,7 +402,7 @@ def _run_study(run: _Run, definition: StudyDefinition, arm: str, nfe: int | None
     spent = _study_calls(run.storage_url, result.study_name, arm) - before
     run.budget.spend(spent - counted["calls"])  # calibration and validation: counted once they are stored
     if spent > 0:
-        run.store.add_study_time(result.study_name, result.seconds)
+        run.store.add_study_time(run.key, result.study_name, arm, nfe, result.seconds)
         run.result.studies_run.append(result.study_name)
         run.events.stage(f"{_where(nfe)}{arm}: study {result.study_name}: {result.counts['finished']} trials, "
                          f"{spent:,} denoiser calls, {result.seconds:.0f}s")

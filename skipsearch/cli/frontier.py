@@ -151,7 +151,7 @@ def _print_frontiers(ctx: typer.Context, model: Optional[str], sampler: Optional
     from skipsearch.models import model_key
     from skipsearch.store import FrontierStore, redact_url
     url = resolve_storage(storage, settings_of(ctx))
-    with FrontierStore(url) as store:
+    with FrontierStore(url, lock_timeout=settings_of(ctx).lock_timeout) as store:
         views = [load_view(store, key) for key in store.keys(model_key(model) if model else None, sampler)]
     if not views:
         if fmt == "table":

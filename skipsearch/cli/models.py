@@ -27,7 +27,7 @@ from skipsearch.cli.options import (
     print_rows,
     progress_bar,
 )
-from skipsearch.errors import SkipsearchError, UsageError
+from skipsearch.errors import UsageError
 from skipsearch.settings import Settings
 
 
@@ -50,23 +50,11 @@ def parse_rho(text: str, num_skip_points: int):
 
 
 def _weights_of(schedule: Path, settings: Settings) -> Optional[Path]:
-    """Fine-tuned weights a schedule names (S²-DM exports), only from beside the JSON or the study artifacts and
-    only with the sha256 the schedule records (a schedule is data from anyone; ``--checkpoint`` chooses others)."""
-    import json
-
-    from skipsearch.export.weights import schedule_weights
-    from skipsearch.inputs import read_user_text
+    """Fine-tuned weights a schedule names (S²-DM exports): :func:`skipsearch.export.weights.weights_named_by`."""
+    from skipsearch.export.weights import weights_named_by
     from skipsearch.store import default_storage_url
     from skipsearch.store.studies import artifact_dir
-    try:
-        doc = json.loads(read_user_text(schedule, "schedule file"))
-    except (SkipsearchError, ValueError, RecursionError):
-        return None  # SkipSchedule.load reports the real problem with the file
-    if not isinstance(doc, dict) or not isinstance(doc.get("provenance"), dict):
-        return None
-    if not doc["provenance"].get("weights_path"):
-        return None
-    return schedule_weights(schedule, doc, artifact_dir(default_storage_url(settings), settings))
+    return weights_named_by(schedule, artifact_dir(default_storage_url(settings), settings))
 
 
 def resolve_schedule(adapter, schedule: Optional[Path], rho: Optional[str], *, sampler: Optional[str] = None,
@@ -112,7 +100,6 @@ def skip_points(ctx: typer.Context, model: str = ModelOpt, checkpoint: Optional[
     """Print the skip points (decoder order, 0 = bottom): source, consumer, widths, norm ratio ||d_i||/||u_i||."""
     import math
 
-    import torch
 
     check_positive(n, "--n")
     if n > MAX_PROBE_BATCH:  # one forward pass of the whole batch: its activations must fit at once
@@ -121,18 +108,12 @@ def skip_points(ctx: typer.Context, model: str = ModelOpt, checkpoint: Optional[
         raise UsageError(f"--seed must be in [0, 2**32 - 1], got {seed}")
     if not math.isfinite(sigma) or sigma <= 0:
         raise UsageError(f"--sigma must be a positive number, got {sigma}")
-    adapter = load_adapter(model, checkpoint, trust_pickle, device, settings_of(ctx))
+    settings = settings_of(ctx)
+    adapter = load_adapter(model, checkpoint, trust_pickle, device, settings)
     if sigma > adapter.sigma_max:  # noise the model never saw (and beyond float32 from ~1e38): no skip to measure
         raise UsageError(f"--sigma {sigma:g} is above the largest noise level of {adapter.name} "
                          f"({adapter.sigma_max:g}); give 0 < sigma <= {adapter.sigma_max:g}")
-    images = adapter.probe_images(n, seed)
-    generator = torch.Generator().manual_seed(seed)
-    x = (images + sigma * torch.randn(images.shape, generator=generator)).to(adapter.device)
-    labels = None
-    if adapter.label_dim:
-        labels = torch.nn.functional.one_hot(torch.arange(n) % adapter.label_dim, adapter.label_dim).float()
-        labels = labels.to(adapter.device)
-    ratios = adapter.norm_ratios(x, torch.full((n,), sigma, device=adapter.device), labels)
+    ratios = adapter.probe_norm_ratios(n, sigma, seed, settings)
     table = Table(title=f"skip points of {escape(adapter.name)} (sha256 {adapter.identity.sha256[:12]}), "
                         f"sigma={sigma}")
     table.box, table.padding, table.pad_edge = box.SIMPLE, (0, 1), False  # module names fit 80 columns whole
@@ -239,7 +220,8 @@ def sample(ctx: typer.Context, model: str = ModelOpt,
 
 
 @app.command()
-def train(output: Path = typer.Option(Path("runs/edm-mnist"), "-o", "--output", help="folder for weights + card"),
+def train(ctx: typer.Context,
+          output: Path = typer.Option(Path("runs/edm-mnist"), "-o", "--output", help="folder for weights + card"),
           kind: str = typer.Option("edm", help="edm: the bundled EDM SongUNet; ddpm: the bundled diffusers DDPM"),
           steps: int = typer.Option(8000, help="optimizer steps"), batch_size: int = 64,
           lr: Optional[float] = typer.Option(None, help="learning rate (default 2e-3 edm, 1e-3 ddpm)"),
@@ -270,7 +252,8 @@ def train(output: Path = typer.Option(Path("runs/edm-mnist"), "-o", "--output", 
     with progress_bar() as progress:
         task = progress.add_task("training", total=steps)
         card = run(output, steps=steps, batch_size=batch_size, lr=lr or (2e-3 if kind == "edm" else 1e-3),
-                   seed=seed, device=dev, data_root=data, on_step=lambda step, loss: progress.update(
-                       task, completed=step, description=f"training loss {loss:.4f}"))
+                   seed=seed, device=dev, data_root=data, settings=settings_of(ctx),
+                   on_step=lambda step, loss: progress.update(task, completed=step,
+                                                              description=f"training loss {loss:.4f}"))
     out.print(f"wrote {escape(str(output))}: {card['steps']} steps, final loss {card['final_loss']:.4f}, "
               f"{card['wall_seconds']:.0f}s")

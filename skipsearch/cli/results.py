@@ -40,7 +40,7 @@ def best(ctx: typer.Context, model: Optional[str] = typer.Option(None, "--model"
     from skipsearch.store import BestStore, redact_url
     check_positive(nfe, "--nfe")
     url = resolve_storage(storage, settings_of(ctx))
-    with BestStore(url) as store:
+    with BestStore(url, lock_timeout=settings_of(ctx).lock_timeout) as store:
         rows = store.best(model_key(model) if model else None, sampler, nfe)
         rows, skipped = honour_verdicts(store, rows)  # a rejected winner: the next best validated candidate
     for line in skipped:  # scripts read stdout: with --format json/csv the reason goes to stderr
@@ -79,7 +79,7 @@ def export_cmd(ctx: typer.Context, output: Path = typer.Option(Path("schedule.js
     check_positive(nfe, "--nfe")
     if output.is_dir():
         raise UsageError(f"-o {output} is a folder; give a .json file name")
-    with BestStore(resolve_storage(storage, settings_of(ctx))) as store:
+    with BestStore(resolve_storage(storage, settings_of(ctx)), lock_timeout=settings_of(ctx).lock_timeout) as store:
         path, row = export_best(store, output, model=model_key(model), sampler=sampler, nfe=nfe,
                                 on_skip=lambda line: out.print(escape(line), soft_wrap=True))  # rejected winners
     out.print(f"wrote {escape(str(path))}: {escape(row.model_name)} {row.sampler} NFE {row.nfe}, {row.metric} "
@@ -96,7 +96,7 @@ def studies(ctx: typer.Context, storage: Optional[str] = StorageOpt, fmt: str = 
     from skipsearch.store.studies import study_summaries
     settings = settings_of(ctx)
     url = resolve_storage(storage, settings)
-    BestStore(url).close()  # checks connectivity with a one-line error
+    BestStore(url, lock_timeout=settings_of(ctx).lock_timeout).close()  # checks connectivity with a one-line error
     rows = study_summaries(url, settings.heartbeat_seconds)
     from skipsearch.export.tables import Column
     columns = [Column("study", key="study_name", wrap=True), Column("trials", 1, right=True),
@@ -123,7 +123,7 @@ def report(ctx: typer.Context, study_name: str = typer.Argument(..., help="study
     settings = settings_of(ctx)
     url = resolve_storage(storage, settings)
     check_output_folder(output, "-o")
-    with BestStore(url) as store:
+    with BestStore(url, lock_timeout=settings_of(ctx).lock_timeout) as store:
         try:
             study = optuna.load_study(study_name=study_name, storage=optuna_storage(url, settings.heartbeat_seconds))
         except KeyError:
@@ -149,7 +149,7 @@ def dashboard(ctx: typer.Context, storage: Optional[str] = StorageOpt, host: str
     settings = settings_of(ctx)
     url = resolve_storage(storage, settings)
     exposed = check_address(host, port, public=public)  # one line for a bad or exposed address, before any work
-    BestStore(url).close()
+    BestStore(url, lock_timeout=settings_of(ctx).lock_timeout).close()
     mode = "writes allowed" if allow_writes else "read-only except notes and review forms; --allow-writes for more"
     address = escape(f"[{host}]" if ":" in host else host)
     out.print(f"optuna-dashboard for {escape(redact_url(url))} at http://{address}:{port}/ ({mode}; Ctrl-C to stop)")

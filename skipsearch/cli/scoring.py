@@ -101,7 +101,7 @@ def refstats(ctx: typer.Context,
     weights = fid_weights or (settings.fid_weights if extractor == "inception-v3-compat" else None)
     ref = compute_reference_stats(dataset, split, get_extractor(extractor, weights_path=weights,
                                                                 offline=settings.offline),
-                                  cache=settings.cache, refresh=refresh)
+                                  cache=settings.cache, refresh=refresh, settings=settings)
     out.print(f"{dataset}/{split} under {extractor}: n={ref.stats.n}, dim={ref.stats.dim}, {ref.status} "
               f"({escape(str(ref.path))})")
     if output is not None:
@@ -110,13 +110,14 @@ def refstats(ctx: typer.Context,
 
 
 @app.command("proxy-check")
-def proxy_check_cmd(extractor: str = typer.Option("mnist-features"),
+def proxy_check_cmd(ctx: typer.Context, extractor: str = typer.Option("mnist-features"),
                     n: int = 500, fid_weights: Optional[Path] = None) -> None:
     """Disturbance table: each disturbance must raise the proxy monotonically with its strength."""
     from skipsearch.proxy.disturb import format_table, is_monotone, proxy_check
     if not 2 <= n <= 10000:
         raise UsageError(f"--n must be in [2, 10000] (MNIST test images), got {n}")
-    table = proxy_check(extractor, n=n, weights_path=str(fid_weights) if fid_weights else None)
+    table = proxy_check(extractor, n=n, weights_path=str(fid_weights) if fid_weights else None,
+                        settings=settings_of(ctx))
     out.print(format_table(table))
     ok = is_monotone(table)
     out.print("monotone: yes" if ok else "[red]monotone: NO[/red] (this extractor can be gamed)")

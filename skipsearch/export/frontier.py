@@ -156,7 +156,7 @@ def _duration(seconds: float) -> str:
 def cost_rows(view: FrontierView) -> list[dict[str, Any]]:
     """Denoiser calls and wall time per NFE (its studies and validations), the shared studies, the limit, total."""
     rows = []
-    for nfe in view.nfes:
+    for nfe in sorted({*view.nfes, *(s.nfe for s in view.studies if s.nfe is not None)}):
         studies = [s for s in view.studies if s.nfe == nfe]
         points = [p for p in view.points if p.nfe == nfe]
         rows.append({"what": f"NFE {nfe}", "nfe": nfe, "search_calls": sum(s.calls for s in studies),
@@ -237,7 +237,7 @@ def terminal_table(view: FrontierView, width: int = 80, wide: bool = False) -> s
     reached = reach_nfe(view.points, view.limit)
     costs = {row["nfe"]: row for row in cost_rows(view) if row["what"].startswith("NFE ")}
     rows = [{"nfe": nfe, **{arm: _cell(view, arm, nfe, reached) for arm in view.arms},
-             "calls": costs[nfe]["calls"], "seconds": costs[nfe]["seconds"]} for nfe in view.nfes]
+             "calls": costs[nfe]["calls"], "seconds": costs[nfe]["seconds"]} for nfe in sorted(costs)]
     columns = [Column("NFE", key="nfe", right=True),
                *(Column(arm.removeprefix(SHARED_PREFIX) + (" (shared)" if arm_kind(arm) == "shared" else ""),
                         key=arm, right=True) for arm in view.arms),
@@ -414,12 +414,8 @@ def study_cost(study: Any, arm: str, nfe: int | None, seconds: float) -> StudyCo
     return StudyCost(study.study_name, arm, nfe, int(calls), seconds, warm, len(finished))
 
 
-def _studies(url: str, points: Sequence[FrontierPointRow], seconds: dict[str, float]) -> list[StudyCost]:
+def _studies(url: str, names: dict[str, tuple[str, int | None]], seconds: dict[str, float]) -> list[StudyCost]:
     import optuna
-    names: dict[str, tuple[str, int | None]] = {}
-    for p in points:
-        if p.study_name and is_searched(p.arm):
-            names.setdefault(p.study_name, (p.arm, None if arm_kind(p.arm) == "shared" else p.nfe))
     costs = []
     storage = optuna.storages.RDBStorage(url) if names else None  # one connection pool for every study
     for name, (arm, nfe) in sorted(names.items()):
@@ -436,9 +432,12 @@ def load_view(store: FrontierStore, key: FrontierKey) -> FrontierView:
     every = store.points(key)
     points = [p for p in every if p.arm != LIMIT]
     probes = [p for p in every if p.arm == LIMIT]
-    names = sorted({p.study_name for p in points if p.study_name})
-    return FrontierView(key, points, store.limit(key), probes, _studies(store.url, points,
-                                                                        store.study_seconds(names)))
+    names = store.studies(key)  # the studies frontier ran, its points not in yet included
+    for p in points:
+        if p.study_name and is_searched(p.arm):
+            names.setdefault(p.study_name, (p.arm, None if arm_kind(p.arm) == "shared" else p.nfe))
+    return FrontierView(key, points, store.limit(key), probes,
+                        _studies(store.url, names, store.study_seconds(list(names))))
 
 
 def report_section(url: str, model_name: str, weights_sha256: str, output: Path) -> str:

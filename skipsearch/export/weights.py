@@ -27,6 +27,23 @@ def recorded_sha256(doc: dict[str, Any]) -> str | None:
     return sha if isinstance(sha, str) and sha else None
 
 
+def weights_named_by(schedule: str | os.PathLike, artifacts: str | os.PathLike) -> Path | None:
+    """The fine-tuned weights a schedule file names (S²-DM exports), only from beside the JSON or the study
+    artifacts and only with the sha256 the schedule records (a schedule is data from anyone; ``--checkpoint``
+    chooses others); None when it names none or cannot be read (loading the schedule reports that)."""
+    import json
+
+    from skipsearch.errors import SkipsearchError
+    from skipsearch.inputs import read_user_text
+    try:
+        doc = json.loads(read_user_text(schedule, "schedule file"))
+    except (SkipsearchError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("provenance"), dict):
+        return None
+    return schedule_weights(schedule, doc, artifacts)
+
+
 def schedule_weights(schedule: str | os.PathLike, doc: dict[str, Any], artifacts: str | os.PathLike) -> Path | None:
     """The checked path of the weights ``doc`` (read from ``schedule``) names; None when it names none.
 

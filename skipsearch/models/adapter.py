@@ -215,6 +215,19 @@ class SkipAdapter(abc.ABC):
         generator = torch.Generator().manual_seed(seed)
         return self.data_range.from_uint8((torch.rand(n, *self.img_shape, generator=generator) * 255).to(torch.uint8))
 
+    def probe_norm_ratios(self, n: int, sigma: float, seed: int = 0,
+                          settings: Settings | None = None) -> list[float]:
+        """||d_i|| / ||u_i|| per skip point on ``n`` probe images noised to ``sigma`` (labels cycled for a
+        class-conditional model): the table of ``skipsearch skip-points``."""
+        images = self.probe_images(n, seed, settings)
+        generator = torch.Generator().manual_seed(seed)
+        x = (images + sigma * torch.randn(images.shape, generator=generator)).to(self.device)
+        labels = None
+        if self.label_dim:
+            labels = torch.nn.functional.one_hot(torch.arange(n) % self.label_dim, self.label_dim).float()
+            labels = labels.to(self.device)
+        return self.norm_ratios(x, torch.full((n,), sigma, device=self.device), labels)
+
     def iter_levels(self) -> Iterator[tuple[int, list[SkipPoint]]]:
         """Skip points grouped by resolution, bottom level first."""
         seen: dict[int, list[SkipPoint]] = {}

@@ -107,13 +107,20 @@ class LimitRecord(Base):
 
 
 class FrontierTimeRecord(Base):
-    """Wall time of one stretch of a study run by ``frontier`` (a study resumed after Ctrl-C has several)."""
+    """Wall time of one stretch of a study run by ``frontier`` (a study resumed after Ctrl-C has several), and
+    which model, arm and NFE it was for (a study counts in its frontier's cost before any of its points exists)."""
 
     __tablename__ = "skipsearch_frontier_time"
-    __table_args__ = (Index("ix_skipsearch_frontier_time_study", "study_name"),)
+    __table_args__ = (Index("ix_skipsearch_frontier_time_study", "study_name"),
+                      Index("ix_skipsearch_frontier_time_model", "model_name", "weights_sha256"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     study_name: Mapped[str] = mapped_column(String(512), nullable=False)
+    model_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    weights_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    sampler: Mapped[str] = mapped_column(String(255), nullable=False)  # the frontier's reference sampler
+    arm: Mapped[str] = mapped_column(String(255), nullable=False)
+    nfe: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: a shared study, over every NFE
     seconds: Mapped[float] = mapped_column(Float, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
@@ -226,9 +233,9 @@ def _limit_row(rec: LimitRecord) -> LimitRow:
 class FrontierStore:
     """Frontier points, limits and study times in the skipsearch database (the one :class:`BestStore` uses)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, lock_timeout: float | None = None) -> None:
         self.url = url
-        self.engine = connect(url)
+        self.engine = connect(url, lock_timeout=lock_timeout)
         try:
             ensure_schema(self.engine)  # creates these tables in a database made before they existed
         except Exception:
@@ -348,12 +355,23 @@ class FrontierStore:
         return stored
 
     # --- study times ------------------------------------------------------------------------------------------------
-    def add_study_time(self, study_name: str, seconds: float) -> None:
+    def add_study_time(self, key: FrontierKey, study_name: str, arm: str, nfe: int | None, seconds: float) -> None:
+        """Record that ``frontier`` spent ``seconds`` in a study of ``key``'s model (``arm`` at ``nfe``)."""
         def write() -> None:
             with _write(self.engine) as conn:
-                conn.execute(insert(FrontierTimeRecord).values(study_name=study_name, seconds=float(seconds),
-                                                               created_at=_now()))
+                conn.execute(insert(FrontierTimeRecord).values(
+                    study_name=study_name, model_name=key.model_name, weights_sha256=key.weights_sha256,
+                    sampler=key.sampler, arm=arm, nfe=nfe, seconds=float(seconds), created_at=_now()))
         _retry_locked(write, "frontier time")
+
+    def studies(self, key: FrontierKey) -> dict[str, tuple[str, int | None]]:
+        """Every study ``frontier`` ran for ``key``'s model and reference sampler: name -> (arm, NFE or None for a
+        shared study)."""
+        stmt = select(FrontierTimeRecord.study_name, FrontierTimeRecord.arm, FrontierTimeRecord.nfe).where(
+            FrontierTimeRecord.model_name == key.model_name, FrontierTimeRecord.weights_sha256 == key.weights_sha256,
+            FrontierTimeRecord.sampler == key.sampler)
+        with self.engine.connect() as conn:
+            return {name: (arm, nfe) for name, arm, nfe in conn.execute(stmt)}
 
     def study_seconds(self, study_names: list[str]) -> dict[str, float]:
         """Total wall time ``frontier`` spent in each study (0 for one it never ran)."""

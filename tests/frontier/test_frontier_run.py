@@ -86,6 +86,8 @@ def test_resume_after_interruption_and_budget(tmp_path):
     run_frontier(PLAN, storage_url=url, device="cpu", control=FrontierControl(reason="interrupted"))  # at once
     with FrontierStore(url) as store:
         assert store.points(stopped.key) == [] and store.limit(stopped.key) is None
+        [cost] = load_view(store, stopped.key).studies  # counted before any of its points exists
+        assert cost.study_name == name and cost.calls > 0 and cost.nfe == 3
 
     done = run_frontier(PLAN, storage_url=url, device="cpu")
     assert done.stopped is None and name in done.studies_run  # resumed, not started again

@@ -200,7 +200,7 @@ def test_concurrent_processes(url: str) -> None:
     procs, per_proc = 4, 20
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(procs)
-    pkg_dir = str(Path(skipsearch.store.__file__).parent)
+    pkg_dir = str(Path(skipsearch.store.__file__).parents[1])  # the skipsearch package folder
     workers = [ctx.Process(target=exec, args=(_CHILD, {"PKG_DIR": pkg_dir, "URL": url, "SEED": i, "COUNT": per_proc,
                                                         "START": start, "KEY": tuple(vars(KEY).values())}))
                for i in range(procs)]
