@@ -395,8 +395,9 @@ def _run_study(run: _Run, definition: StudyDefinition, arm: str, nfe: int | None
             run.control.request_stop("budget")
 
     try:
-        result = run_definition(definition, storage_url=run.storage_url, device=run.device, settings=run.settings,
-                                on_trial=on_trial, on_session=on_session)
+        # check-model is not repeated per NFE and arm (the frontier's model is loaded and probed already)
+        result = run_definition(dataclasses.replace(definition, check=False), storage_url=run.storage_url,
+                                device=run.device, settings=run.settings, on_trial=on_trial, on_session=on_session)
     finally:
         run.control.session = None
     spent = _study_calls(run.storage_url, result.study_name, arm) - before

@@ -91,13 +91,18 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
                    on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
                    on_session: Callable[[StudySession], None] | None = None,
                    on_validated: Callable[[FrozenTrial, float], None] | None = None,
-                   on_stop: Callable[[], None] | None = None) -> OptimizeResult:
+                   on_stop: Callable[[], None] | None = None,
+                   on_check: Callable[[Any], None] | None = None) -> OptimizeResult:
     """Run a study to its budget, validate the top trials and export the best schedule.
 
     Interrupts (:mod:`skipsearch.execution.interrupts`): the first Ctrl-C lets the running trial or validation
     finish, stores it and returns an interrupted result (``on_stop`` says so; by default a log warning); a second
     aborts. Python's ``optimize`` gets this as the CLI does. ``settings``: the caller's (the CLI's), handed to every
     stage; without them the environment is read here, once (``Settings.from_env()``).
+
+    With ``definition.check`` (the default) the model is checked before the study opens
+    (:func:`skipsearch.models.check.check_model`, a few seconds); ``on_check`` gets the report (by default its
+    warnings are logged). The check warns; it never stops the study.
     """
     settings = settings if settings is not None else Settings.from_env()
     sessions: list[StudySession] = []
@@ -114,7 +119,8 @@ def run_definition(definition: StudyDefinition, *, storage_url: str | None = Non
     with graceful_interrupts(stop):
         return _run_definition(definition, storage_url=storage_url, device=device, export=export, workers=workers,
                                ray_address=ray_address, settings=settings, on_trial=on_trial,
-                               on_session=on_session, on_validated=on_validated, sessions=sessions)
+                               on_session=on_session, on_validated=on_validated, sessions=sessions,
+                               on_check=on_check)
 
 
 def _say_stopping() -> None:
@@ -126,7 +132,7 @@ def _run_definition(definition: StudyDefinition, *, storage_url: str | None, dev
                     settings: Settings, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None,
                     on_session: Callable[[StudySession], None] | None,
                     on_validated: Callable[[FrozenTrial, float], None] | None,
-                    sessions: list[StudySession]) -> OptimizeResult:
+                    sessions: list[StudySession], on_check: Callable[[Any], None] | None = None) -> OptimizeResult:
     start = time.perf_counter()
     storage_url = storage_url or default_storage_url(settings)
     if workers is not None:  # checked before the model loads or the study is created
@@ -137,9 +143,10 @@ def _run_definition(definition: StudyDefinition, *, storage_url: str | None, dev
                              "process; Ray workers run one trial each: use one of --workers, --trials-per-batch")
         from skipsearch.execution.ray import check_address
         check_address(ray_address)
+    adapter = _checked_model(definition, device, settings, on_check) if definition.check else None
     # With workers the rho bounds are calibrated once they are up, the sweep spread over them (prepare).
     session = open_session(definition, storage_url=storage_url, device=device, settings=settings,
-                           calibrate=not workers)
+                           calibrate=not workers, adapter=adapter)
     sessions.append(session)
 
     def prepare(evaluate_many: Callable[[list[Any]], list[float | None]] | None = None) -> None:
@@ -184,17 +191,43 @@ def _run_definition(definition: StudyDefinition, *, storage_url: str | None, dev
     return result
 
 
+def _checked_model(definition: StudyDefinition, device: str, settings: Settings,
+                   on_check: Callable[[Any], None] | None) -> Any:
+    """The study's model, loaded once (the session reuses it) and checked (:mod:`skipsearch.models.check`)."""
+    from skipsearch.device import resolve_device
+    from skipsearch.execution.session import check_definition
+    from skipsearch.models import load_model
+    from skipsearch.models.check import check_spec
+    check_definition(definition)  # a typo must not cost a model load
+    adapter = load_model(definition.model, checkpoint=definition.checkpoint, trust_pickle=definition.trust_pickle,
+                         device=str(resolve_device(device)), settings=settings)
+    try:
+        from skipsearch.sampling.generate import untuned_images
+        report = check_spec(adapter, definition.model, settings=settings, images=untuned_images)
+    except Exception as exc:  # noqa: BLE001 - the check warns, it never stops a study
+        log.warning("check-model could not run on %s: %s: %s", definition.model, type(exc).__name__, exc)
+        return adapter
+    if on_check is not None:
+        on_check(report)
+    else:
+        for line in report.warnings:
+            log.warning("check-model: %s", line)
+    return adapter
+
+
 def optimize(model: str | None = None, nfe: int | None = None, sampler: str | None = None, *,
              study: str | Path | StudyDefinition | None = None, storage: str | None = None,
              device: str = "cpu", export: str | Path | None = None, workers: int | None = None,
-             ray_address: str | None = None, settings: Settings | None = None, **overrides: Any) -> OptimizeResult:
+             ray_address: str | None = None, settings: Settings | None = None, check: bool | None = None,
+             **overrides: Any) -> OptimizeResult:
     """Python mirror of ``skipsearch optimize``; ``overrides`` as ``trials=8``, ``space='per-layer'``,
     ``proxy__rungs=(100, 200)``, ``search__pruner='median'``. ``model`` overrides a study's own model only when
     given; without a study it defaults to the bundled ``edm``. ``settings``: as :func:`run_definition` (without
-    them the environment is read here, once: study files in ``SKIPSEARCH_STUDIES`` are found too).
+    them the environment is read here, once: study files in ``SKIPSEARCH_STUDIES`` are found too). ``check``:
+    check the model before the study (default: the study's ``check``, True); False skips it.
     """
     settings = settings if settings is not None else Settings.from_env()
     definition = StudyDefinition.from_options(study=study, model=model, nfe=nfe, sampler=sampler, settings=settings,
-                                              **overrides)
+                                              check=check, **overrides)
     return run_definition(definition, storage_url=storage, device=device, export=export, workers=workers,
                           ray_address=ray_address, settings=settings)

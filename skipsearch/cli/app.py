@@ -35,7 +35,8 @@ out = Console(highlight=False)
 
 def _error_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
+    hint = getattr(exc, "hint", "")  # NFEError: the samplers that can spend the NFE
+    return text + (hint if isinstance(hint, str) else "")
 
 
 # Plain words for the errno of a file-system error (Python's own say "[Errno 21] Is a directory: 'x'").
@@ -178,8 +179,8 @@ def _space_names() -> list[str]:
 
 
 def _extractor_names() -> list[str]:
-    from skipsearch.proxy.extractors import EXTRACTORS
-    return EXTRACTORS.names()
+    from skipsearch.proxy.extractors import extractor_names
+    return extractor_names()
 
 
 def _dataset_names() -> list[str]:
@@ -212,7 +213,8 @@ CHOICES: dict[tuple[str, str], Callable[[], list[str]]] = {
     ("optimize", "space"): _space_names, ("optimize", "optuna_sampler"): _optuna_sampler_names,
     ("optimize", "pruner"): _pruner_names, ("optimize", "metric"): _metric_names,
     ("evaluate", "extractor"): _extractor_names, ("refstats", "extractor"): _extractor_names,
-    ("proxy-check", "extractor"): _extractor_names, ("refstats", "dataset"): _dataset_names,
+    ("proxy-check", "extractor"): _extractor_names,
+    ("optimize", "extractor"): _extractor_names,  # --dataset is a spec (folder:DIR ...), not only a name
     ("refstats", "split"): lambda: ["train", "test"], ("train", "kind"): lambda: ["edm", "ddpm"],
     **{(command, "fmt"): lambda: ["table", "json", "csv"] for command in ("best", "studies", "models")},
 }

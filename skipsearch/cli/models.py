@@ -130,7 +130,7 @@ def skip_points(ctx: typer.Context, model: str = ModelOpt, checkpoint: Optional[
 
 
 def _recipe(schedule: Optional[Path], sampler: Optional[str], nfe: Optional[int], *, default_nfe: int,
-            ) -> tuple[str, int, dict]:
+            model: Optional[str] = None) -> tuple[str, int, dict]:
     """(sampler, NFE, sampler options) to sample with: the flags, else what the schedule names (schema v2 keeps
     its searched sampler and options), else heun at ``default_nfe``. Options travel only with their sampler."""
     named = None
@@ -140,7 +140,10 @@ def _recipe(schedule: Optional[Path], sampler: Optional[str], nfe: Optional[int]
         named = SkipSchedule.load(schedule)  # the model is checked once it is loaded
         if named.sampler in SAMPLERS and named.sampler_options:  # an option the sampler does not take: not later
             check_sampler_options(named.sampler, named.sampler_options, where=f"{schedule}: sampler_options")
-    chosen = sampler if sampler is not None else (named.sampler if named is not None and named.sampler else "heun")
+    if sampler is None and not (named is not None and named.sampler):
+        from skipsearch.search.definition import default_sampler
+        sampler = default_sampler(model) if model else "heun"  # DDIM for a discrete-time model
+    chosen = sampler if sampler is not None else named.sampler
     steps = nfe if nfe is not None else (named.nfe if named is not None and named.nfe else default_nfe)
     options = dict(named.sampler_options) if named is not None and named.sampler == chosen else {}
     if named is not None and named.sampler_options and named.sampler != chosen:
@@ -191,7 +194,7 @@ def sample(ctx: typer.Context, model: str = ModelOpt,
     check_max_nfe(nfe, "--nfe")
     if schedule is not None and schedule.is_dir():
         raise UsageError(f"--schedule {schedule} is a folder; give a schedule JSON file")
-    sampler, nfe, options = _recipe(schedule, sampler, nfe, default_nfe=35)
+    sampler, nfe, options = _recipe(schedule, sampler, nfe, default_nfe=35, model=model)
     steps_for_nfe(sampler, nfe)  # fail on a bad NFE before loading anything
     check_image_output(output, (".png",))
     check_precision(device_type(device), precision)
@@ -257,3 +260,23 @@ def train(ctx: typer.Context,
                                                               description=f"training loss {loss:.4f}"))
     out.print(f"wrote {escape(str(output))}: {card['steps']} steps, final loss {card['final_loss']:.4f}, "
               f"{card['wall_seconds']:.0f}s")
+
+
+@app.command("check-model")
+def check_model_command(ctx: typer.Context, model: str = ModelOpt, checkpoint: Optional[Path] = CheckpointOpt,
+                        trust_pickle: bool = TrustOpt, device: str = DeviceOpt,
+                        n: int = typer.Option(64, help="reference images"), seed: int = 0) -> None:
+    """Check that the spec reads the network right: denoising error under the spec and each alternative (data
+    range, timesteps, beta schedule, prediction type, time convention), and rho = 1 images. Exit 1 on a warning."""
+    from skipsearch.models.check import check_spec
+    from skipsearch.sampling.generate import untuned_images
+    check_positive(n, "--n")
+    settings = settings_of(ctx)
+    adapter = load_adapter(model, checkpoint, trust_pickle, device, settings)
+    report = check_spec(adapter, model, n=n, seed=seed, settings=settings, images=untuned_images)
+    for line in report.lines():
+        out.print(escape(line), soft_wrap=True)
+    for line in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
+    out.print(f"{'spec looks right' if report.ok else 'spec looks wrong'} ({report.seconds:.1f} s)")
+    raise typer.Exit(0 if report.ok else 1)

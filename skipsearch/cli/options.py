@@ -22,6 +22,17 @@ ModelOpt = typer.Option("edm", "--model", "-m", help=MODEL_HELP)
 CheckpointOpt = typer.Option(None, "--checkpoint", help="local weights (.pkl from EDM, .safetensors, .pt)")
 
 
+ExtractorWeightsOpt = typer.Option(
+    None, "--extractor-weights", "--fid-weights",
+    help="local weights of the extractor (a state dict read with weights_only=True, or .safetensors), loaded into "
+         "torch-fidelity's own network; --fid-weights is the older name")
+
+
+def check_weights_file(path: Optional[Path]) -> None:
+    if path is not None and not path.is_file():
+        raise UsageError(f"--extractor-weights {path}: no such file")
+
+
 TrustOpt = typer.Option(False, "--trust-pickle",
                         help="allow loading a .pkl (pickles can run code: trusted files only)")
 

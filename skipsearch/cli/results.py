@@ -113,7 +113,11 @@ def report(ctx: typer.Context, study_name: str = typer.Argument(..., help="study
            no_images: bool = typer.Option(False, "--no-images",
                                           help="leave out the image grids (best, rho = 1, paper recipe), which "
                                                "sample with the study's model"),
-           storage: Optional[str] = StorageOpt) -> None:
+           storage: Optional[str] = StorageOpt,
+           model: Optional[str] = typer.Option(None, "--model", "-m",
+                                               help="the model to draw the image grids with (default: the one the "
+                                                    "study was run with: a registered name or a model file)")
+           ) -> None:
     """index.html (header, validated table, rho heatmap, plots, image grids), trials CSV/Markdown and plots."""
     import optuna
 
@@ -123,12 +127,16 @@ def report(ctx: typer.Context, study_name: str = typer.Argument(..., help="study
     settings = settings_of(ctx)
     url = resolve_storage(storage, settings)
     check_output_folder(output, "-o")
+    if model is not None and not no_images:  # a missing or bad model file is refused before the study is read
+        from skipsearch.models.spec import parse_model_file, spec_kind
+        if spec_kind(model) == "file":
+            parse_model_file(model)
     with BestStore(url, lock_timeout=settings_of(ctx).lock_timeout) as store:
         try:
             study = optuna.load_study(study_name=study_name, storage=optuna_storage(url, settings.heartbeat_seconds))
         except KeyError:
             raise UsageError(f"no study named {study_name!r}; run 'skipsearch studies' to list them") from None
-        written = write_report(study, store, output, images=not no_images, settings=settings,
+        written = write_report(study, store, output, images=not no_images, settings=settings, model=model,
                                on_note=lambda line: out.print(f"note: {escape(line)}", soft_wrap=True))
     out.print(f"wrote {escape(str(written[-1]))} and {len(written) - 1} more files in {escape(str(output))}",
               soft_wrap=True)

@@ -292,6 +292,17 @@ def _one_line_trial_failures(expected: tuple[type[BaseException], ...]) -> Itera
         logger.removeFilter(quiet)
 
 
+def check_definition(definition: StudyDefinition) -> None:
+    """What needs no model: types and ranges (also of a definition made in Python), sampler, NFEs, space, options."""
+    validate_definition(definition)
+    steps_for_nfe(definition.sampler, definition.nfe)
+    for nfe in definition.nfes:  # every NFE of a multi-NFE study must be exact for the study's sampler too
+        steps_for_nfe(definition.sampler, nfe)
+    check_space_name(definition.space)
+    check_sampler_options(definition.sampler, definition.sampler_options,
+                          where=f"{definition.source}: [sampler_options]")
+
+
 def open_session(definition: StudyDefinition, *, storage_url: str | None = None, device: str = "cpu",
                  adapter: SkipAdapter | None = None, settings: Settings | None = None,
                  study_name: str | None = None, calibrate: bool = True) -> StudySession:
@@ -304,14 +315,9 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
     """
     settings = settings or Settings.from_env()
     # Cheap checks first: a typo must not cost a model load.
-    validate_definition(definition)  # types and ranges, also of a definition made in Python rather than from a file
+    check_definition(definition)
     sampler_spec = get_sampler(definition.sampler)
     steps = steps_for_nfe(definition.sampler, definition.nfe)
-    for nfe in definition.nfes:  # every NFE of a multi-NFE study must be exact for the study's sampler too
-        steps_for_nfe(definition.sampler, nfe)
-    check_space_name(definition.space)
-    check_sampler_options(definition.sampler, definition.sampler_options,
-                          where=f"{definition.source}: [sampler_options]")
     storage_url = storage_url or default_storage_url(settings)
     store = BestStore(storage_url, lock_timeout=settings.lock_timeout)
     if adapter is None:
@@ -321,6 +327,12 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
         # No [proxy] section: score with Inception on the model's own data set, not the MNIST default.
         definition = dataclasses.replace(definition, proxy=default_proxy_config(adapter.dataset,
                                                                                 fid_ref=settings.fid_ref))
+    elif (adapter.dataset not in (None, "mnist") and definition.proxy.dataset != "mnist"
+          and dataclasses.replace(definition.proxy, dataset="mnist", resize=None) == ProxyConfig()):
+        # Only the reference data set given (--dataset): the extractor still follows the model's data set.
+        proxy = dataclasses.replace(default_proxy_config(adapter.dataset), dataset=definition.proxy.dataset,
+                                    resize=definition.proxy.resize)
+        definition = dataclasses.replace(definition, proxy=proxy)
     proxy = FidProxy(adapter, sampler=definition.sampler, nfe=definition.nfe, config=definition.proxy,
                      sampler_options=definition.sampler_options, settings=settings)
     ctx = SpaceContext(num_skip_points=len(adapter.skip_points), level_of_point=adapter.level_of_points(),
@@ -354,6 +366,12 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
     return session
 
 
+def _spec_to_store(spec: str) -> str:
+    """The model spec as a report finds it again from another folder (a model file by its absolute path)."""
+    from pathlib import Path
+    return str(Path(spec).expanduser().resolve()) if spec.endswith(".toml") else spec
+
+
 def _check_identity(record: StudyRecord, definition: StudyDefinition, adapter: SkipAdapter, name: str) -> None:
     """Record what the study searches; refuse to resume a study (by --study-name) whose objective differs."""
     current = {"model": adapter.name, "weights_sha256": adapter.identity.sha256, "sampler": definition.sampler,
@@ -363,7 +381,8 @@ def _check_identity(record: StudyRecord, definition: StudyDefinition, adapter: S
                "proxy": {**dataclasses.asdict(definition.proxy), "rungs": list(definition.proxy.rungs)},
                "sampler_options": dict(definition.sampler_options), "metric": definition.proxy.metric,
                "extractor": definition.proxy.extractor, "rungs": list(definition.proxy.rungs),
-               "final_n": definition.search.final_n, "trials": definition.trials, "source": definition.source}
+               "final_n": definition.search.final_n, "trials": definition.trials, "source": definition.source,
+               "model_spec": _spec_to_store(definition.model)}
     stored = record.definition
     if not stored:
         record.set_definition(current)

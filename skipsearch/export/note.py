@@ -80,8 +80,9 @@ def _validated_rows(session: StudySession, result: OptimizeResult) -> list[dict[
 
 def study_note_markdown(session: StudySession, result: OptimizeResult) -> str:
     """The note's Markdown for the session's study after ``result`` (counts, validations, export path)."""
+    from skipsearch.proxy.config import QUALITY_FIELDS, metric_display_name
     d, study = session.definition, session.study
-    metric = d.proxy.metric
+    metric = metric_display_name(d.proxy.metric, d.proxy.extractor)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     lines = [f"## {study.study_name}", "",
              f"**{session.adapter.name}** (weights sha256 `{session.adapter.identity.sha256[:12]}`) · sampler "
@@ -115,7 +116,9 @@ def study_note_markdown(session: StudySession, result: OptimizeResult) -> str:
         untuned = next((r["value"] for r in rows if r.get("baseline_kind") == "untuned"
                         and r.get("value") is not None), None)
         best = result.best
-        lines += [f"| trial | label | proxy | validated {metric} | n | vs untuned |", "|---|---|---|---|---|---|"]
+        extra = [(key, label) for key, label in QUALITY_FIELDS if any(r.get(key) is not None for r in rows)]
+        lines += [f"| trial | label | proxy | validated {metric} | n | vs untuned |"
+                  + "".join(f" {label} |" for _, label in extra), "|---|---|---|---|---|---|" + "---|" * len(extra)]
         for row in rows:
             trial = trials.get(row["trial"])
             record = TrialRecord.read(trial) if trial is not None else TrialRecord()
@@ -128,7 +131,7 @@ def study_note_markdown(session: StudySession, result: OptimizeResult) -> str:
             lift = "baseline" if row.get("value") == untuned and row.get("baseline") else _lift(row.get("value"),
                                                                                                   untuned)
             lines.append(f"| {row['trial']} | {_cell(label)} | {_num(row.get('proxy'))} | {_cell(value)} | "
-                         f"{row.get('n', '—')} | {lift} |")
+                         f"{row.get('n', '—')} | {lift} |" + "".join(f" {_num(row.get(key))} |" for key, _ in extra))
         lines += [""] + [f"_{line}_" for line in result.verdict_lines()]
     elif result.interrupted:
         lines.append("_not validated: the run was interrupted; run the same command again to finish it_")

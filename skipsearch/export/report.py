@@ -51,10 +51,11 @@ def to_markdown(frame: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
 
 def write_report(study: optuna.Study, store: BestStore, output: str | Path, *, images: bool = True,
                  device: str = "auto", settings: Settings | None = None,
-                 on_note: Callable[[str], None] | None = None) -> list[Path]:
+                 on_note: Callable[[str], None] | None = None, model: str | None = None) -> list[Path]:
     """``trials.csv``, ``trials.md``, ``fid_vs_rho.png``, (from the store) ``fid_vs_nfe.png`` and ``index.html``
     with its plots in ``output``; ``images``: also sample the best / rho = 1 / paper-recipe grids with the study's
-    model (on ``device``). ``on_note`` hears what was left out and why (one line each)."""
+    model (on ``device``; ``model``: the spec to load, by default the one the study was run with). ``on_note``
+    hears what was left out and why (one line each)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -97,4 +98,4 @@ def write_report(study: optuna.Study, store: BestStore, output: str | Path, *, i
         written.append(output / "fid_vs_nfe.png")
     extra = [p.name for p in written if p.suffix == ".png"]
     return written + write_index(study, store, output, images=images, device=device, settings=settings, extra=extra,
-                                 on_note=on_note)
+                                 on_note=on_note, model=model)

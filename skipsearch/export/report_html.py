@@ -164,10 +164,33 @@ class Grid:
     note: str | None = None  # why it is missing
 
 
-def _load_adapter(definition: dict[str, Any], device: str, settings: Settings | None) -> SkipAdapter:
+def study_model_spec(definition: dict[str, Any], settings: Settings | None = None) -> str:
+    """The spec to load a study's model with: the spec it was run with (stored since model files could be
+    reported), else its name when registered, else the model file of that name in the model folders."""
+    from skipsearch.models.errors import ModelError
+    from skipsearch.models.loading import MODEL_FILES_DIR, model_file_folders, model_names
+    from skipsearch.models.spec import parse_model_file
+    spec, name = definition.get("model_spec"), definition.get("model") or ""
+    if isinstance(spec, str) and spec and (not spec.endswith(".toml") or Path(spec).is_file()):
+        return spec
+    if name in model_names():
+        return name
+    for folder in model_file_folders(settings) if settings is not None else [MODEL_FILES_DIR]:
+        for path in sorted(folder.glob("*.toml")):
+            try:
+                if parse_model_file(path).name == name:
+                    return str(path)
+            except ModelError:
+                continue
+    return name
+
+
+def _load_adapter(definition: dict[str, Any], device: str, settings: Settings | None,
+                  model: str | None = None) -> SkipAdapter:
     from skipsearch.device import resolve_device
     from skipsearch.models import ModelError, load_model
-    adapter = load_model(definition.get("model") or "", device=str(resolve_device(device)), settings=settings)
+    adapter = load_model(model or study_model_spec(definition, settings), device=str(resolve_device(device)),
+                         settings=settings)
     if definition.get("weights_sha256") and adapter.identity.sha256 != definition["weights_sha256"]:
         raise ModelError(f"model {definition.get('model')!r} now has weights {adapter.identity.sha256[:12]}, the "
                          f"study used {definition['weights_sha256'][:12]}")
@@ -300,12 +323,15 @@ def frontier_section(store: BestStore, definition: dict[str, Any], output: Path,
 
 def write_index(study: optuna.Study, store: BestStore, output: Path, *, images: bool = True, device: str = "auto",
                 settings: Settings | None = None, extra: Sequence[str] = (),
-                on_note: Callable[[str], None] | None = None) -> list[Path]:
-    """``index.html`` and its PNGs in ``output``; ``extra`` names PNGs already there to show at the end."""
+                on_note: Callable[[str], None] | None = None, model: str | None = None) -> list[Path]:
+    """``index.html`` and its PNGs in ``output``; ``extra`` names PNGs already there to show at the end. ``model``:
+    the spec to draw the grids with (default: :func:`study_model_spec`)."""
     note = on_note or (lambda message: None)
     record = StudyRecord(study)
     definition = record.definition
-    metric = str(definition.get("metric", "proxy"))
+    from skipsearch.proxy.config import QUALITY_FIELDS, metric_display_name
+    metric = (metric_display_name(str(definition["metric"]), definition.get("extractor"))
+              if definition.get("metric") else "proxy")
     trials = study.get_trials(deepcopy=False)
     validated = record.validated()
     best = best_trial(study, validated)
@@ -314,7 +340,7 @@ def write_index(study: optuna.Study, store: BestStore, output: Path, *, images: 
     adapter, grids, grid_note = None, [], None
     if images:
         try:
-            adapter = _load_adapter(definition, device, settings)
+            adapter = _load_adapter(definition, device, settings, model)
         except (SkipsearchError, OSError) as exc:
             grid_note = (f"no image grids: cannot load model {definition.get('model')!r} ({exc}); --no-images "
                          "leaves them out without trying")
@@ -381,6 +407,8 @@ def write_index(study: optuna.Study, store: BestStore, output: Path, *, images: 
             stored = None
     order = sorted(validated.items(), key=lambda kv: (kv[1].value is None, kv[1].value or 0.0, kv[0]))
     rows, best_rows = [], set()
+    # torch-fidelity's precision / recall (and IS) on the same images, where validation measured them
+    quality = [(key, label) for key, label in QUALITY_FIELDS if any(getattr(v, key) is not None for _, v in order)]
     for i, (number, v) in enumerate(order):
         remark = f"validation failed: {v.error}" if v.error else ""
         if stored is not None and stored.study_name == study.study_name and stored.trial_number == number:
@@ -388,9 +416,11 @@ def write_index(study: optuna.Study, store: BestStore, output: Path, *, images: 
             best_rows.add(i)
         ci = CI_NOT_STORED if v.value is not None else "-"
         rows.append([esc(number), esc(_label(v.baseline)), _num(v.proxy), _num(v.value), esc(v.n),
-                     esc(v.seeds or "-"), ci, esc(remark)])
-    validated_html = (_table(rows, ["trial", "label", "proxy", "validated", "n", "seeds", "95% CI", "note"],
-                             "validated", numeric=(0, 2, 3, 4), row_class=lambda i: "best" if i in best_rows else "")
+                     esc(v.seeds or "-"), ci, esc(remark)] + [_num(getattr(v, key)) for key, _ in quality])
+    validated_html = (_table(rows, ["trial", "label", "proxy", "validated", "n", "seeds", "95% CI", "note"]
+                             + [label for _, label in quality], "validated",
+                             numeric=(0, 2, 3, 4, *range(8, 8 + len(quality))),
+                             row_class=lambda i: "best" if i in best_rows else "")
                       + '<p class="muted">proxy: the search-time value; validated: re-scored at the final n on fresh '
                       f"seeds. {CI_NOT_STORED}: validation keeps the {esc(metric)} value only, not the final-n "
                       "features a bootstrap interval would need.</p>"

@@ -11,7 +11,8 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,41 +96,77 @@ def edm_adapter(path: Path, name: str, *, trust_pickle: bool, dataset: str | Non
     return adapter
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors or a torch file loaded with ``weights_only=True`` (no code runs)."""
+def read_state_dict(path: Path, key: str | None = None, *, where: str | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors or a torch file loaded with ``weights_only=True`` (no code runs).
+
+    ``key`` names the state dict inside a training checkpoint (see ``[model] weights_key``); ``where`` names the
+    file in errors (the model file and field).
+    """
+    where = where or str(path)
     if not path.is_file():
-        raise ModelError(f"weights not found: {path}")
+        raise ModelError(f"{where}: weights not found: {path}")
+    if path.suffix == ".pkl":
+        raise ModelError(f"{where}: .pkl weights go with [model] edm = '...' (EDM networks) and --trust-pickle; "
+                         "a factory's weights must be .safetensors or a torch state dict (.pt/.pth/.bin)")
     if path.suffix == ".safetensors":
+        if key:
+            raise ModelError(f"{where}: a .safetensors file is flat and has no weights_key {key!r}; use "
+                             "weights_prefix to keep the keys under a prefix")
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
-            raise ModelError(f"cannot read {path}: {exc}") from None
-    if path.suffix == ".pkl":
-        raise ModelError(f"{path}: .pkl weights go with [model] edm = '...' (EDM networks) and --trust-pickle; "
-                         "a factory's weights must be .safetensors or a torch state dict (.pt/.pth/.bin)")
+            raise ModelError(f"{where}: cannot read {path}: {exc}") from None
     from skipsearch.models.checkpoints import CheckpointError, load_torch_state_dict
     try:
-        return load_torch_state_dict(path)
+        return load_torch_state_dict(path, key, where=where, field="[model] weights_key")
     except CheckpointError as exc:
-        raise ModelError(str(exc)) from None
+        message = str(exc)
+        raise ModelError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
-def _fill(net: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+def _fill(net: nn.Module, state: dict[str, torch.Tensor], source: Path | str, prefix: str | None = None) -> None:
+    """Load ``state`` into ``net`` strictly, after stripping a wrapper prefix (``module.``, ``_orig_mod.``, ...)
+    when that makes the keys fit, or the keys under ``prefix`` (``[model] weights_prefix``)."""
+    from skipsearch.models.checkpoints import CheckpointError
+    from skipsearch.models.checkpoints.state_dicts import fit_state_dict
     reference = net.state_dict()
+    try:
+        state, _ = fit_state_dict(state, reference, prefix)
+    except CheckpointError as exc:
+        raise ModelError(f"{source}: {exc}") from None
     missing = sorted(set(reference) - set(state))
     unexpected = sorted(set(state) - set(reference))
     shapes = [k for k in state if k in reference and state[k].shape != reference[k].shape]
     if missing or unexpected or shapes:
         detail = "; ".join(f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for label, keys in
                            (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys)
-        raise ModelError(f"weights {source} do not fit the network: {detail}")
+        heads = {k.split(".", 1)[0] for k in state}
+        hint = f" (every key starts with '{heads.pop()}.': set [model] weights_prefix?)" if len(heads) == 1 and \
+            all("." in k for k in state) else ""
+        raise ModelError(f"{source}: the weights do not fit the network: {detail}{hint}")
     net.load_state_dict(state, strict=True)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # The routes.
+
+
+@contextmanager
+def on_sys_path(folders: Sequence[Path]) -> Iterator[None]:
+    """``folders`` at the front of ``sys.path`` for the block (a factory's sibling packages import); restored after.
+
+    Modules imported meanwhile stay in ``sys.modules`` (classes built from them keep working)."""
+    folders = [str(f) for f in folders if str(f) not in sys.path]
+    saved = list(sys.path)
+    sys.path[:0] = folders
+    if folders:
+        importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def import_callable(target: str, folder: Path | None = None) -> Callable[..., Any]:
@@ -211,23 +248,58 @@ def _parametrization_for(file: ModelFile, scheduler: Any = None):
         raise ModelError(f"{file.source}: [parametrization] {exc}") from None
 
 
+def _weights_for(file: ModelFile, request: LoadRequest) -> tuple[Path | None, str]:
+    """The weights file of a factory model file (or --checkpoint) and how errors name it; checked to exist."""
+    if request.checkpoint is not None:
+        where = f"{file.source}: --checkpoint {str(request.checkpoint)!r}"
+        if not request.checkpoint.is_file():
+            raise ModelError(f"{where}: weights not found: no such file")
+        return request.checkpoint, where
+    if not file.weights:
+        return None, f"{file.source}: [model]"
+    where = f"{file.source}: [model] weights = {file.weights!r}"
+    path = file.path(file.weights)
+    if not path.is_file():
+        raise ModelError(f"{where}: no such file (relative to the model file's folder, {file.folder}); weights not "
+                         "found")
+    return path, where
+
+
+def _import_folders(file: ModelFile) -> list[Path]:
+    """The model file's folder and its [model] path folders, for the factory's own imports."""
+    folders = []
+    for entry in file.import_paths:
+        folder = file.path(entry)
+        if not folder.is_dir():
+            raise ModelError(f"{file.source}: [model] path = {entry!r}: no such folder (relative to the model "
+                             "file's folder)")
+        folders.append(folder.resolve())
+    return [file.folder, *folders]
+
+
 def _load_file(file: ModelFile, request: LoadRequest) -> SkipAdapter:
     from skipsearch.models.checkpoints import file_sha256
     if file.edm is not None:
+        if request.checkpoint is None and not file.path(file.edm).is_file():
+            raise ModelError(f"{file.source}: [model] edm = {file.edm!r}: no such file (relative to the model file's "
+                             "folder); checkpoint not found")
         adapter: SkipAdapter = edm_adapter(request.checkpoint or file.path(file.edm), file.name,
                                            trust_pickle=request.trust_pickle)
     elif file.diffusers is not None:
         adapter = load_diffusers(str(file.path(file.diffusers)), name=file.name, file=file)
     else:
-        built = import_callable(file.factory, file.folder)(**file.kwargs)
+        # Files first: a missing or unreadable checkpoint is reported before the network is built.
+        weights, where = _weights_for(file, request)
+        state = read_state_dict(weights, file.weights_key, where=where) if weights is not None else None
+        with on_sys_path(_import_folders(file)):
+            built = import_callable(file.factory, file.folder)(**file.kwargs)
         if isinstance(built, SkipAdapter):
             adapter = built
             adapter.name = file.name
         elif isinstance(built, nn.Module):
-            weights = request.checkpoint or (file.path(file.weights) if file.weights else None)
             sha = None
             if weights is not None:
-                _fill(built, read_state_dict(Path(weights)), Path(weights))
+                _fill(built, state, where, file.weights_prefix)
                 sha = file_sha256(weights)
             if file.data.shape is None:
                 raise ModelError(f"{file.source}: [data] shape = [channels, height, width] is needed to probe the "

@@ -12,6 +12,12 @@ Model file schema (every field but ``model.name`` and one way to build the netwo
     dataset = "mnist"                # the proxy's reference data set
     factory = "unet.py:build"        # or package.module:callable; or diffusers = "DIR"; or edm = "net.pkl"
     weights = "weights.safetensors"  # for a factory: safetensors, or a torch state dict (.pt/.pth/.bin)
+    weights_key = "ema"              # where a training checkpoint keeps the state dict (dotted: "ema.model");
+                                     # found automatically when one common key (state_dict, ema, ...) holds one
+    weights_prefix = "module."       # keep the keys under this prefix, stripped; module. / _orig_mod. / network. /
+                                     # model. / net. are stripped automatically when that makes the keys fit
+    path = "src"                     # folder(s) (or a list) put on sys.path, besides this file's folder, while the
+                                     # factory is imported and called (for 'from net.base import ...')
     [model.kwargs]                   # keyword arguments of the factory
     [parametrization]
     type = "epsilon"                 # epsilon | v_prediction | sample (discrete VP); denoiser | edm | vp | ve
@@ -54,7 +60,8 @@ TIME_FORMS = ("timestep", "timestep_float", "scaled", "sigma", "c_noise")
 TIME_SHAPES = ("N", "N1")
 LABEL_FORMS = ("none", "one_hot", "index")
 _SECTIONS = {
-    "model": {"name", "description", "dataset", "factory", "diffusers", "edm", "weights", "kwargs"},
+    "model": {"name", "description", "dataset", "factory", "diffusers", "edm", "weights", "weights_key",
+              "weights_prefix", "path", "kwargs"},
     "parametrization": {"type", "beta_schedule", "beta_start", "beta_end", "num_timesteps", "alphas_cumprod",
                         "sigma_min", "sigma_max", "sigma_data"},
     "data": {"range", "mean", "std", "shape", "label_dim"},
@@ -117,6 +124,9 @@ class ModelFile:
     edm: str | None = None
     weights: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    weights_key: str | None = None
+    weights_prefix: str | None = None
+    import_paths: tuple[str, ...] = ()  # [model] path
     parametrization: Parametrization = Parametrization()
     data: DataSpec = DataSpec()
     call: CallSpec = CallSpec()
@@ -131,6 +141,9 @@ class ModelFile:
         """Everything in the file that changes outputs except the weights themselves (their sha256 is separate)."""
         parts = {"parametrization": asdict(self.parametrization), "data": asdict(self.data),
                  "call": asdict(self.call), "skips": asdict(self.skips), "kwargs": self.kwargs}
+        for key in ("weights_key", "weights_prefix"):  # which tensors of the file; only when set (older digests hold)
+            if getattr(self, key):
+                parts[key] = getattr(self, key)
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -181,9 +194,17 @@ def parse_model_file(path: str | Path) -> ModelFile:
     if len(routes) != 1:
         raise _fail(source, "[model] needs exactly one of factory = 'module:callable', diffusers = 'DIR' or "
                             f"edm = 'FILE' (found {', '.join(routes) or 'none'})")
-    for key in ("description", "dataset", "factory", "diffusers", "edm", "weights"):
+    for key in ("description", "dataset", "factory", "diffusers", "edm", "weights", "weights_key",
+                "weights_prefix"):
         if key in model:
             _typed(source, f"[model] {key}", model[key], (str,), "a string")
+    for key in ("weights_key", "weights_prefix"):
+        if key in model and "factory" not in model:
+            raise _fail(source, f"[model] {key} goes with factory = '...' and weights = '...'")
+    paths = model.get("path", [])
+    paths = [paths] if isinstance(paths, str) else paths
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p.strip() for p in paths):
+        raise _fail(source, f"[model] path must be a folder or a list of folders, got {model['path']!r}")
     kwargs = _typed(source, "[model] kwargs", model.get("kwargs", {}), (dict,), "a table")
     if "factory" in model and ":" not in model["factory"]:
         raise _fail(source, f"[model] factory {model['factory']!r} must be 'package.module:callable' or "
@@ -198,7 +219,8 @@ def parse_model_file(path: str | Path) -> ModelFile:
     return ModelFile(name=name, folder=path.resolve().parent, source=source,
                      description=model.get("description", ""), dataset=model.get("dataset"),
                      factory=model.get("factory"), diffusers=model.get("diffusers"), edm=model.get("edm"),
-                     weights=model.get("weights"), kwargs=kwargs,
+                     weights=model.get("weights"), kwargs=kwargs, weights_key=model.get("weights_key") or None,
+                     weights_prefix=model.get("weights_prefix") or None, import_paths=tuple(paths),
                      parametrization=parametrization, data=_data(source, data.get("data", {})), call=call,
                      skips=_skips(source, data.get("skips", {})), given=given)
 

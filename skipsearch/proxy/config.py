@@ -54,7 +54,9 @@ def metric_spec(name: str | None) -> MetricSpec:
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    """How a schedule is scored. ``ref_path`` (an EDM-style ``.npz`` with mu/sigma) overrides dataset/split."""
+    """How a schedule is scored. ``dataset`` is a data-set spec (:mod:`skipsearch.proxy.datasets`: ``mnist``,
+    ``folder:DIR``, ``zip:FILE``, ``npz:FILE``, ``torchvision:NAME:ROOT``, ``stats:FILE.npz``, ``self``).
+    ``ref_path`` (an EDM-style ``.npz`` with mu/sigma, the same as ``stats:``) overrides dataset/split."""
 
     extractor: str = "mnist-features"
     dataset: str = "mnist"
@@ -67,8 +69,15 @@ class ProxyConfig:
     weights_path: str | None = None
     batch_size: int | None = None
     kid_subset_size: int = 250
+    # Reference images of another size or channel count: None refuses them (one line), "center-crop" crops to the
+    # model's aspect, resizes and converts gray <-> RGB (skipsearch.proxy.datasets.fit_shape).
+    resize: str | None = None
 
     def __post_init__(self) -> None:
+        from skipsearch.proxy.datasets import RESIZE_MODES, DatasetSpec
+        DatasetSpec.parse(self.dataset)  # a bad spec fails where the config is made (flags, study file, Python)
+        if self.resize is not None and self.resize not in RESIZE_MODES:
+            raise ProxyConfigError(f"proxy resize {self.resize!r}: use {' or '.join(RESIZE_MODES)} or leave it out")
         if self.metric not in METRICS:
             raise ProxyConfigError(f"unknown proxy metric {self.metric!r}; use one of {', '.join(METRICS)}")
         if not self.rungs or any(n <= 1 for n in self.rungs) or list(self.rungs) != sorted(set(self.rungs)):
@@ -84,3 +93,22 @@ def default_proxy_config(dataset: str | None, *, fid_ref: str | None = None, **o
     if fid_ref:
         defaults["ref_path"] = str(fid_ref)
     return ProxyConfig(**{**defaults, **overrides})
+
+
+# Our own extractors keep the metric's name (FID is FID under Inception, and this project's mnist-features proxy
+# has always been reported as fid); torch-fidelity's others name the family: fd-dinov2, fd-clip, kd-vgg16 ...
+_PLAIN_EXTRACTORS = ("inception-v3-compat", "mnist-features")
+_DISTANCE_PREFIX = {"fid": "fd", "kid": "kd", "fid-inf": "fd-inf"}
+
+
+def metric_display_name(metric: str | None, extractor: str | None) -> str:
+    """How a run's metric is reported: ``fid`` under Inception, a Fréchet distance ``fd-<family>`` (``fd-dinov2``,
+    ``fd-clip``) under another torch-fidelity extractor. The stored ``metric`` field keeps its value (``fid``)."""
+    metric = metric or "fid"
+    if not extractor or extractor in _PLAIN_EXTRACTORS or metric not in _DISTANCE_PREFIX:
+        return metric
+    family = extractor.split("-")[0]
+    return f"{_DISTANCE_PREFIX[metric]}-{family}"
+
+
+QUALITY_FIELDS = (("precision", "precision"), ("recall", "recall"), ("isc", "IS"))  # Validated field, label

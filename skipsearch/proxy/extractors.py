@@ -5,6 +5,8 @@ Every extractor takes images as uint8 ``[N,C,H,W]`` in [0,255], or float in [-1,
 the CPU.
 
 - ``inception-v3-compat``: torch-fidelity's TF-compatible InceptionV3, 2048-d pool features (the FID standard).
+- every other extractor of torch-fidelity's ``FEATURE_EXTRACTORS_REGISTRY`` (``clip-vit-b-32``, ``dinov2-vit-s-14``,
+  ``vgg16`` ...), registered on first use by :func:`register_fidelity_extractors` with torch-fidelity's classes.
 - ``mnist-features``: a small CNN trained by this project on MNIST and shipped as package data; its feature vector
   adds pooled early-layer activations and pixel statistics to the classifier's penultimate layer, so that background
   noise and blotches move it (a classifier's penultimate layer alone is blind to them).
@@ -84,19 +86,33 @@ class FeatureExtractor:
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    #: the network has class logits (Inception): :meth:`features_and_logits` gives them for the Inception Score
+    has_logits = False
+
+    def _forward_all(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._forward(images), None
+
     def __call__(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Features of ``images`` (uint8 [0,255] or float [-1,1]), computed in batches; float32 ``[N, dim]``."""
+        return self.features_and_logits(images, batch_size)[0]
+
+    def features_and_logits(self, images: torch.Tensor, batch_size: int | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Features and, where :attr:`has_logits`, the class logits of the same forward (else None)."""
         images = as_uint8(images)
         batch_size = batch_size or self.batch_size
-        out = []
+        out, logits = [], []
         with torch.inference_mode():
             for start in range(0, images.shape[0], batch_size):
                 batch = self._prepare(images[start:start + batch_size].to(self.device))
-                out.append(self._forward(batch).to("cpu", torch.float32))
+                features, logit = self._forward_all(batch)
+                out.append(features.to("cpu", torch.float32))
+                if logit is not None:
+                    logits.append(logit.to("cpu", torch.float32))
         features = torch.cat(out) if out else torch.zeros(0, self.dim)
         if not bool(torch.isfinite(features).all()):
             raise NonFiniteFeaturesError(f"extractor {self.name} produced NaN/inf features")
-        return features
+        return features, (torch.cat(logits) if logits else None)
 
 
 # name -> factory(*, weights_path, device, offline) -> FeatureExtractor
@@ -113,6 +129,8 @@ def get_extractor(name: str, *, weights_path: str | os.PathLike | None = None, d
                   offline: bool = False) -> FeatureExtractor:
     """Build the registered extractor ``name``; ``weights_path`` overrides its default weights; ``offline``
     forbids downloads."""
+    if name not in EXTRACTORS:
+        register_fidelity_extractors()
     factory = EXTRACTORS.get(name)
     return factory(weights_path=None if weights_path is None else Path(weights_path), device=device, offline=offline)
 
@@ -132,7 +150,7 @@ def inception_hub_path() -> Path:
 
 
 def _missing_inception_message(reason: str) -> str:
-    return (f"{reason}; download {_inception_url()} to {inception_hub_path()}, or pass --fid-weights "
+    return (f"{reason}; download {_inception_url()} to {inception_hub_path()}, or pass --extractor-weights "
             f"(or set SKIPSEARCH_FID_WEIGHTS) to /path/to/{inception_hub_path().name}")
 
 
@@ -167,6 +185,9 @@ def _vetted_state_dict_file(path: Path) -> Iterator[Path]:
         yield safe
 
 
+INCEPTION_FEATURES = ["2048", "logits_unbiased"]  # pool features (FID) and the logits (IS), one forward
+
+
 class InceptionExtractor(FeatureExtractor):
     """torch-fidelity's ``FeatureExtractorInceptionV3``, feature ``'2048'``; resizing to 299 happens inside it."""
 
@@ -177,8 +198,14 @@ class InceptionExtractor(FeatureExtractor):
             raise ValueError(f"inception-v3-compat expects 1 or 3 channels, got {images.shape[1]}")
         return images
 
+    has_logits = True
+
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.module(images)[0]
+
+    def _forward_all(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        features, logits = self.module(images)
+        return features, logits
 
 
 @register_extractor("inception-v3-compat")
@@ -194,14 +221,14 @@ def _build_inception(*, weights_path: Path | None = None, device: str | torch.de
         weights_path = inception_hub_path()
     if weights_path is not None:
         with _vetted_state_dict_file(weights_path) as safe:
-            net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+            net = FeatureExtractorInceptionV3("inception-v3-compat", INCEPTION_FEATURES,
                                               feature_extractor_weights_path=str(safe))
     else:
         if offline:
             raise ExtractorWeightsError(_missing_inception_message("no Inception weights and offline mode is on"))
         try:
             with _socket_timeout(DOWNLOAD_TIMEOUT_S), redirect_stdout(sys.stderr):
-                net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], verbose=False)
+                net = FeatureExtractorInceptionV3("inception-v3-compat", INCEPTION_FEATURES, verbose=False)
         except (OSError, RuntimeError) as exc:  # URLError is an OSError; a truncated file fails in torch.load
             raise ExtractorWeightsError(_missing_inception_message(f"download failed ({exc})")) from None
         weights_path = inception_hub_path()
@@ -348,3 +375,141 @@ def _build_mnist(*, weights_path: Path | None = None, device: str | torch.device
                                     f"mnist-features network ({first}); pass one scripts/train_mnist_features.py "
                                     "writes") from None
     return MnistExtractor("mnist-features", net, MnistFeatureNet.DIM, sha, path, device, batch_size=1000)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# every other extractor torch-fidelity registers (CLIP, DINOv2, VGG16, ...), through its own registry and classes
+# ---------------------------------------------------------------------------------------------------------------
+
+def _fidelity_registry() -> dict:
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    return FEATURE_EXTRACTORS_REGISTRY
+
+
+def register_fidelity_extractors() -> None:
+    """Adds each extractor of torch-fidelity's ``FEATURE_EXTRACTORS_REGISTRY`` not registered here yet (lazily:
+    importing this module does not import torch-fidelity)."""
+    from functools import partial
+    for name in _fidelity_registry():
+        if name not in EXTRACTORS:
+            EXTRACTORS.register(name, partial(_build_fidelity, name))
+
+
+def extractor_names() -> list[str]:
+    """Every extractor name: ours and torch-fidelity's."""
+    register_fidelity_extractors()
+    return EXTRACTORS.names()
+
+
+def _load_user_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
+    """``path`` read as tensors only: safetensors, or a torch file with ``weights_only=True``."""
+    if not path.is_file():
+        raise ExtractorWeightsError(f"{name} weights {path} do not exist; pass an existing file to "
+                                    "--extractor-weights")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ExtractorWeightsError(f"{name} weights {path}: not a safetensors file ({exc})") from None
+    from skipsearch.models.checkpoints import CheckpointError, load_torch_state_dict
+    try:
+        return load_torch_state_dict(path)
+    except CheckpointError as exc:
+        raise ExtractorWeightsError(f"{name} weights: {exc}") from None
+
+
+def _clip_hub_path(name: str) -> Path:
+    from torch_fidelity.feature_extractor_clip import MODEL_METADATA
+    return Path(torch.hub.get_dir()) / "checkpoints" / f"{name}-{MODEL_METADATA[name]['hash']}.pt"
+
+
+class FidelityExtractor(FeatureExtractor):
+    """A torch-fidelity feature extractor (uint8 RGB in, its default FID feature layer out); gray is replicated."""
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1:
+            return images.expand(-1, 3, -1, -1)
+        if images.shape[1] != 3:
+            raise ValueError(f"{self.name} expects 1 or 3 channels, got {images.shape[1]}")
+        return images
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images)[0]
+
+
+def _needs_network(name: str, why: str) -> ExtractorWeightsError:
+    return ExtractorWeightsError(f"extractor {name} needs the network: {why}")
+
+
+def _build_fidelity(name: str, *, weights_path: Path | None = None, device: str | torch.device = "cpu",
+                    offline: bool = False) -> FeatureExtractor:
+    """torch-fidelity's class for ``name``, with its own architecture. Weights: ``weights_path`` (a state dict,
+    read with ``weights_only=True``, or safetensors), else torch-fidelity's download (or its cache)."""
+    import hashlib
+
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.feature_extractor_clip import FeatureExtractorCLIP, build_model
+    from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
+
+    cls = _fidelity_registry()[name]
+    layer = cls.get_default_feature_layer_for_metric("fid")
+    if issubclass(cls, FeatureExtractorDinoV2):  # torch.hub.load("facebookresearch/dinov2"): code and weights
+        if weights_path is not None or offline:
+            raise _needs_network(name, "torch-fidelity loads DINOv2 only through torch.hub (facebookresearch/dinov2)"
+                                       ", which has no local-weights route")
+        try:
+            with _socket_timeout(DOWNLOAD_TIMEOUT_S), redirect_stdout(sys.stderr):
+                net = cls(name, [layer])
+        except Exception as exc:  # noqa: BLE001 - hub: URLError, HTTPError, RuntimeError, ImportError ...
+            raise _needs_network(name, f"torch.hub could not load facebookresearch/dinov2 "
+                                       f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
+        identity = hashlib.sha256(f"torch.hub:facebookresearch/dinov2:{name}".encode()).hexdigest()
+        path = None
+    elif weights_path is not None:
+        state = _load_user_state_dict(name, weights_path)
+        try:
+            if issubclass(cls, FeatureExtractorCLIP):  # torch-fidelity reads TorchScript; we build from tensors
+                net = cls.__new__(cls)
+                FeatureExtractorBase.__init__(net, name, [layer])
+                net.feature_extractor_internal_dtype = torch.float32
+                net.model = build_model(dict(state), torch.float32)
+                net.resolution = net.model.visual.input_resolution
+                net.requires_grad_(False)
+            else:
+                with _vetted_copy(state) as safe:
+                    net = cls(name, [layer], feature_extractor_weights_path=str(safe))
+        except (RuntimeError, KeyError, ValueError, AssertionError) as exc:  # another network's state dict
+            first = " ".join(str(exc).split())[:200]
+            raise ExtractorWeightsError(f"{name} weights {weights_path} do not fit torch-fidelity's {name} "
+                                        f"network ({type(exc).__name__}: {first})") from None
+        identity, path = file_sha256(weights_path), weights_path
+    else:
+        cached = _clip_hub_path(name) if issubclass(cls, FeatureExtractorCLIP) else None
+        if offline and (cached is None or not cached.is_file()):
+            where = f" (or put torch-fidelity's download at {cached})" if cached is not None else ""
+            raise ExtractorWeightsError(f"no {name} weights and offline mode is on; pass --extractor-weights "
+                                        f"PATH (a state dict or .safetensors of torch-fidelity's {name}){where}")
+        try:
+            with _socket_timeout(DOWNLOAD_TIMEOUT_S), redirect_stdout(sys.stderr):
+                net = cls(name, [layer], verbose=False)
+        except (OSError, RuntimeError) as exc:
+            raise ExtractorWeightsError(f"{name}: download failed ({' '.join(str(exc).split())[:160]}); pass "
+                                        "--extractor-weights PATH") from None
+        path = cached if cached is not None and cached.is_file() else None
+        identity = file_sha256(path) if path else hashlib.sha256(f"torch-fidelity:{name}".encode()).hexdigest()
+    net = net.eval().requires_grad_(False)
+    with torch.inference_mode():
+        dim = int(net(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))[0].shape[-1])
+    return FidelityExtractor(name, net, dim, identity, path, device, batch_size=32)
+
+
+@contextmanager
+def _vetted_copy(state: dict[str, torch.Tensor]) -> Iterator[Path]:
+    """``state`` saved to a temporary file holding tensors only, for torch-fidelity's own loader."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="skipsearch-extractor-") as folder:
+        safe = Path(folder) / "weights.pth"
+        torch.save(state, safe)
+        yield safe

@@ -22,6 +22,7 @@ import torch
 from skipsearch.errors import ControlSignal
 from skipsearch.models.adapter import SkipAdapter
 from skipsearch.proxy.config import METRICS, ProxyConfig
+from skipsearch.proxy.datasets import DatasetSpec, load_images
 from skipsearch.proxy.errors import NonFiniteFeaturesError, ProxyConfigError
 from skipsearch.proxy.extractors import FeatureExtractor, get_extractor
 from skipsearch.proxy.metrics import MetricInputs
@@ -32,6 +33,7 @@ from skipsearch.proxy.stats import (
     compute_reference_stats,
     load_dataset,
     load_npz,
+    source_cache_key,
 )
 from skipsearch.sampling.generate import generate_many, recipe_of
 from skipsearch.schedule import SkipSchedule
@@ -59,6 +61,7 @@ class ProxyResult:
     extractor: str
     extractor_sha256: str
     preview: torch.Tensor | None = field(default=None, repr=False)  # first images (uint8) for artifacts
+    quality: dict[str, float] | None = None  # evaluate(quality=True): precision, recall (and isc) at the last rung
 
     @property
     def value(self) -> float:
@@ -70,15 +73,29 @@ class ProxyResult:
 
 
 def reference_features(extractor: FeatureExtractor, dataset: str, split: str, cache: Path,
-                       n: int = 5000, settings: Settings | None = None) -> np.ndarray:
+                       n: int = 5000, settings: Settings | None = None, *, adapter: SkipAdapter | None = None,
+                       resize: str | None = None) -> np.ndarray:
     """Features of a fixed random subset of the data set (for KID), cached next to the reference statistics; the
-    data set is loaded with ``settings`` (:func:`~skipsearch.proxy.stats.load_dataset`)."""
-    path = cache_path(cache, dataset, split, extractor.name, extractor.weights_sha256).with_suffix(f".feat{n}.npy")
+    data set is loaded with ``settings`` (:func:`~skipsearch.proxy.stats.load_dataset`). ``dataset`` is any spec
+    but ``stats:`` (:mod:`skipsearch.proxy.datasets`); ``adapter`` is the model (``self``, the images' shape)."""
+    spec = DatasetSpec.parse(dataset)
+    if spec.registered:
+        path = cache_path(cache, spec.text, split, extractor.name, extractor.weights_sha256)
+    else:
+        if spec.kind == "stats":
+            raise ProxyConfigError(f"data set {spec.text} holds mu/sigma only: KID and FID-infinity need reference "
+                                   "features; use --metric fid")
+        path = source_cache_key(spec, split, extractor, cache=cache, adapter=adapter, resize=resize)[0]
+    path = path.with_suffix(f".feat{n}.npy")
     if path.is_file():
         cached = _cached_features(path, n, extractor.dim)
         if cached is not None:
             return cached
-    images = load_dataset(dataset, split, settings)
+    if spec.registered:
+        images = load_dataset(spec.text, split, settings)
+    else:
+        images = load_images(spec, split, settings=settings, adapter=adapter,
+                             shape=None if adapter is None else tuple(adapter.img_shape), resize=resize)
     index = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:n]
     features = extractor(images[index]).double().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +145,7 @@ class FidProxy:
         self.ref_stats = self._reference_stats()
         self._ref_features: np.ndarray | None = None
         self._evaluations = 0
+        self._quality = False  # evaluate(quality=True) in progress
 
     def with_adapter(self, adapter: SkipAdapter) -> FidProxy:
         """The same proxy (extractor, reference, seeds) scoring another model, e.g. a fine-tuned copy."""
@@ -142,8 +160,10 @@ class FidProxy:
                 raise ProxyConfigError(f"reference {self.config.ref_path} has {stats.dim}-d statistics but extractor "
                                  f"{self.extractor.name} gives {self.extractor.dim}-d features")
             return stats
+        # Any data-set spec; images other than a registered data set must have the model's shape (or be resized).
         return compute_reference_stats(self.config.dataset, self.config.split, self.extractor,
-                                       cache=self.settings.cache, settings=self.settings).stats
+                                       cache=self.settings.cache, settings=self.settings, adapter=self.adapter,
+                                       resize=self.config.resize).stats
 
     def recipe(self, schedule: SkipSchedule | None) -> tuple[str, int, dict]:
         """(sampler, NFE, sampler options) that score ``schedule``: its own where it names them (a searched
@@ -171,11 +191,17 @@ class FidProxy:
 
     def evaluate(self, schedule: SkipSchedule | None, *, rungs: Sequence[int] | None = None,
                  seed_offset: int | None = None, on_rung: Callable[[int, RungResult], None] | None = None,
-                 preview: int = 16, progress: Callable[[int], None] | None = None) -> ProxyResult:
-        """Proxy value after each rung; ``on_rung(index, result)`` may raise (e.g. optuna.TrialPruned) to stop."""
+                 preview: int = 16, progress: Callable[[int], None] | None = None,
+                 quality: bool = False) -> ProxyResult:
+        """Proxy value after each rung; ``on_rung(index, result)`` may raise (e.g. optuna.TrialPruned) to stop.
+        ``quality``: also precision, recall and (Inception) IS of the last rung's features (validation)."""
         hook = None if on_rung is None else (lambda _j, index, rung: on_rung(index, rung))
-        result = self.evaluate_many([schedule], rungs=rungs, seed_offset=seed_offset, on_rung=hook, preview=preview,
-                                    progress=progress)[0]
+        self._quality = quality
+        try:
+            result = self.evaluate_many([schedule], rungs=rungs, seed_offset=seed_offset, on_rung=hook,
+                                        preview=preview, progress=progress)[0]
+        finally:
+            self._quality = False
         if isinstance(result, BaseException):
             raise result
         return result
@@ -227,6 +253,9 @@ class FidProxy:
         count = len(schedules)
         accumulators = [StatsAccumulator() for _ in schedules]
         all_features: list[list[np.ndarray]] = [[] for _ in schedules]
+        quality = getattr(self, "_quality", False)
+        keep_features = quality or METRICS.get(self.config.metric).needs_features
+        all_logits: list[list[torch.Tensor]] = [[] for _ in schedules]
         results: list[list[RungResult]] = [[] for _ in schedules]
         calls, sampling_s, feature_s = [0] * count, [0.0] * count, [0.0] * count
         previews: list[torch.Tensor | None] = [None] * count
@@ -253,12 +282,16 @@ class FidProxy:
                 if previews[k] is None and preview:
                     previews[k] = images.images[:preview]
                 t0 = time.perf_counter()
-                features = self.extractor(images.images)
+                if quality and self.extractor.has_logits:
+                    features, logits = self.extractor.features_and_logits(images.images)
+                    all_logits[k].append(logits)
+                else:
+                    features = self.extractor(images.images)
                 if not torch.isfinite(features).all():
                     ended[k] = NonFiniteFeaturesError(f"non-finite features at rung {index} (n={n})")
                     continue
                 accumulators[k].update(features)
-                if METRICS.get(self.config.metric).needs_features:
+                if keep_features:
                     all_features[k].append(features.double().cpu().numpy())
                 feature_s[k] += time.perf_counter() - t0
                 value, deficient = self._value(accumulators[k], all_features[k])
@@ -273,8 +306,22 @@ class FidProxy:
             yield
         return [ended[k] if k in ended else
                 ProxyResult(self.config.metric, results[k], (seeds.start, seeds.stop), calls[k], sampling_s[k],
-                            feature_s[k], self.extractor.name, self.extractor.weights_sha256, previews[k])
+                            feature_s[k], self.extractor.name, self.extractor.weights_sha256, previews[k],
+                            self._quality_of(all_features[k], all_logits[k]) if quality else None)
                 for k in range(count)]
+
+    def _quality_of(self, features: list[np.ndarray], logits: list[torch.Tensor]) -> dict[str, float]:
+        """Precision, recall (against the reference features; none with a mu/sigma ``.npz``) and IS (logits)."""
+        from skipsearch.errors import SkipsearchError
+        from skipsearch.proxy.metrics import quality_metrics
+        reference = None
+        if self.config.ref_path is None:
+            try:
+                reference = self._reference_features()
+            except (SkipsearchError, OSError) as exc:  # the data set is not here: the metric stands without them
+                log.warning("no precision/recall: reference features of %s/%s unavailable (%s)",
+                            self.config.dataset, self.config.split, exc)
+        return quality_metrics(np.concatenate(features), reference, torch.cat(logits) if logits else None)
 
     def _value(self, accumulator: StatsAccumulator, all_features: list[np.ndarray]) -> tuple[float, bool]:
         """The configured metric at this rung (its spec in ``METRICS`` says how)."""
@@ -289,7 +336,8 @@ class FidProxy:
                 raise ProxyConfigError(f"--metric {self.config.metric} needs reference features; an .npz of "
                                        "mu/sigma only supports --metric fid")
             self._ref_features = reference_features(self.extractor, self.config.dataset, self.config.split,
-                                                     self.settings.cache, settings=self.settings)
+                                                     self.settings.cache, settings=self.settings,
+                                                     adapter=self.adapter, resize=self.config.resize)
         return self._ref_features
 
 

@@ -162,3 +162,30 @@ def kid_metric(inputs: MetricInputs) -> tuple[float, bool]:
     size = min(inputs.config.kid_subset_size, inputs.features.shape[0], reference.shape[0])
     mean, _std = kid(inputs.features, reference, subsets=50, subset_size=size)
     return float(mean), False
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Validation's extra numbers on the features it extracted anyway: torch-fidelity's precision/recall and IS.
+
+
+def quality_metrics(features: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor | None,
+                    logits: torch.Tensor | None = None, neighborhood: int = 3, seed: int = 0) -> dict[str, float]:
+    """``precision`` and ``recall`` (Kynkäänniemi et al., torch-fidelity's ``metric_prc``, k = ``neighborhood``)
+    of generated ``features`` against ``reference`` features (drawn to the same count, fixed ``seed``), and the
+    Inception Score (``isc``, torch-fidelity's ``metric_isc``) where ``logits`` are given. Missing inputs give
+    missing keys."""
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, isc_features_to_metric
+    from torch_fidelity.metric_prc import calculate_precision_recall_full
+
+    out: dict[str, float] = {}
+    generated = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    if reference is not None and generated.shape[0] > neighborhood:
+        ref = np.asarray(reference, dtype=np.float32)
+        if ref.shape[0] > generated.shape[0]:
+            ref = ref[np.random.default_rng(seed).choice(ref.shape[0], generated.shape[0], replace=False)]
+        if ref.shape[0] > neighborhood and ref.shape[1] == generated.shape[1]:
+            precision, recall = calculate_precision_recall_full(generated, torch.from_numpy(ref), neighborhood)
+            out["precision"], out["recall"] = float(precision), float(recall)
+    if logits is not None and logits.shape[0] >= 10:
+        out["isc"] = float(isc_features_to_metric(logits, splits=10)[KEY_METRIC_ISC_MEAN])
+    return out

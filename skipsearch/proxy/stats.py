@@ -18,6 +18,8 @@ from skipsearch.proxy.errors import NonFiniteFeaturesError, ReferenceStatsError
 from skipsearch.registry import Registry
 
 if TYPE_CHECKING:
+    from skipsearch.models.adapter import SkipAdapter
+    from skipsearch.proxy.datasets import DatasetSpec
     from skipsearch.proxy.extractors import FeatureExtractor
     from skipsearch.settings import Settings
 
@@ -172,7 +174,7 @@ class RefStats:
     """Reference statistics and where they came from: ``'shipped'`` package data, cache ``'hit'`` or ``'miss'``."""
 
     stats: FeatureStats
-    status: Literal["shipped", "hit", "miss"]
+    status: Literal["shipped", "hit", "miss", "file"]  # 'file': a ``stats:`` spec, read as it is
     path: Path
 
 
@@ -190,20 +192,32 @@ def features_of_images(extractor: FeatureExtractor, images: torch.Tensor, chunk:
 
 
 def compute_reference_stats(dataset: str, split: str, extractor: FeatureExtractor, *, cache: Path | None = None,
-                            refresh: bool = False, settings: Settings | None = None) -> RefStats:
-    """Statistics of a whole data set split under ``extractor``.
+                            refresh: bool = False, settings: Settings | None = None,
+                            adapter: SkipAdapter | None = None, shape: tuple[int, int, int] | None = None,
+                            resize: str | None = None) -> RefStats:
+    """Statistics of a whole data set split under ``extractor``; ``dataset`` is any data-set spec
+    (:mod:`skipsearch.proxy.datasets`: a registered name, ``folder:``, ``zip:``, ``npz:``, ``torchvision:``,
+    ``stats:``, ``self``).
 
     The shipped file is used when it matches (same extractor weights); otherwise the cache (``cache``, by default
     ``settings.cache``) is consulted and, on a miss, the data set is loaded (with ``settings``), featurised and the
     result written to the cache. The stages pass their ``settings``; without them (a script's call) the
-    environment is read now (``Settings.from_env()``).
+    environment is read now (``Settings.from_env()``). ``adapter`` (the model: ``self`` samples it, and its image
+    shape is the default ``shape``), ``shape`` and ``resize`` apply to the spec forms other than registered names.
     """
-    DATASETS.get(dataset)  # an unknown data set fails first
+    from skipsearch.proxy.datasets import DatasetSpec
+    spec = DatasetSpec.parse(dataset)
+    if spec.registered:
+        DATASETS.get(spec.text)  # an unknown data set fails first
     if settings is None:
         from skipsearch.settings import Settings
         settings = Settings.from_env()
     if cache is None:
         cache = settings.cache
+    if not spec.registered:
+        return _source_reference_stats(spec, split, extractor, cache=cache, refresh=refresh, settings=settings,
+                                       adapter=adapter, shape=shape, resize=resize)
+    dataset = spec.text
     if split not in ("train", "test"):
         raise ReferenceStatsError(f"unknown split {split!r} of {dataset}; use train or test")
     meta = {"dataset": dataset, "split": split, "extractor": extractor.name,
@@ -224,3 +238,76 @@ def compute_reference_stats(dataset: str, split: str, extractor: FeatureExtracto
     stats = features_of_images(extractor, load_dataset(dataset, split, settings)).stats(meta)
     save_npz(path, stats)
     return RefStats(stats, "miss", path)
+
+
+def source_cache_key(spec: DatasetSpec, split: str, extractor: FeatureExtractor, *, cache: Path,
+                     adapter: SkipAdapter | None = None, shape: tuple[int, int, int] | None = None,
+                     resize: str | None = None) -> tuple[Path, str]:
+    """(cache file, source key) of a non-registered spec: the key hashes the source's content fingerprint
+    (:meth:`DatasetSpec.fingerprint`), the split (torchvision), the target shape and the resize mode; the file name
+    adds the extractor and its weights, so each of them is a key part."""
+    import hashlib
+    if shape is None and adapter is not None:
+        shape = tuple(adapter.img_shape)
+    fingerprint = spec.fingerprint(split, adapter)
+    split_part = split if spec.kind == "torchvision" else ""
+    shape_part = "x".join(map(str, shape)) if shape is not None else "any"
+    key = hashlib.sha256(f"{spec.kind}:{fingerprint}:{split_part}:{shape_part}:{resize}".encode()).hexdigest()
+    name = f"{spec.kind}-{key[:16]}-{extractor.name}-{extractor.weights_sha256[:16]}.npz"
+    return Path(cache) / "refstats" / name, key
+
+
+def _source_reference_stats(spec: DatasetSpec, split: str, extractor: FeatureExtractor, *, cache: Path,
+                            refresh: bool, settings: Settings, adapter: SkipAdapter | None,
+                            shape: tuple[int, int, int] | None, resize: str | None) -> RefStats:
+    """:func:`compute_reference_stats` of a ``folder:``/``zip:``/``npz:``/``torchvision:``/``stats:``/``self``
+    spec, cached by content (:func:`source_cache_key`): a changed source is a new key, never a stale hit."""
+    from skipsearch.proxy.datasets import load_images
+    from skipsearch.proxy.errors import ProxyConfigError
+    if spec.kind == "stats":
+        stats = load_stats_spec(spec, extractor)
+        return RefStats(stats, "file", spec.path)
+    if shape is None and adapter is not None:
+        shape = tuple(adapter.img_shape)
+    if resize is not None and shape is None:
+        raise ProxyConfigError(f"data set {spec.text}: resize needs the model's shape (pass --model)")
+    path, key = source_cache_key(spec, split, extractor, cache=cache, adapter=adapter, shape=shape, resize=resize)
+    if not refresh and path.is_file():
+        try:
+            stats = load_npz(path)
+        except ReferenceStatsError as exc:
+            log.warning("reference stats cache %s is unusable (%s); computing again", path, exc)
+        else:
+            if (stats.meta.get("source_sha256") == key
+                    and stats.meta.get("weights_sha256") == extractor.weights_sha256):
+                log.info("reference stats %s/%s: cache hit %s", spec.text, extractor.name, path)
+                return RefStats(stats, "hit", path)
+    log.info("reference stats %s/%s: cache miss, computing into %s", spec.text, extractor.name, path)
+    images = load_images(spec, split, settings=settings, adapter=adapter, shape=shape, resize=resize)
+    meta = {"dataset": spec.text, "split": split, "extractor": extractor.name,
+            "weights_sha256": extractor.weights_sha256, "source_sha256": key,
+            "shape": "x".join(map(str, images.shape[1:]))}
+    if images.shape[0] < 2:
+        raise ReferenceStatsError(f"data set {spec.text}: {images.shape[0]} image; a covariance needs at least 2")
+    stats = features_of_images(extractor, images).stats(meta)
+    save_npz(path, stats)
+    return RefStats(stats, "miss", path)
+
+
+def load_stats_spec(spec: DatasetSpec | str, extractor: FeatureExtractor) -> FeatureStats:
+    """The (mu, sigma) of a ``stats:FILE.npz`` spec, checked against ``extractor``: the feature dim must be its
+    dim, and an extractor named in the file's meta must be this one."""
+    from skipsearch.proxy.datasets import DatasetSpec, DatasetSpecError
+    from skipsearch.proxy.errors import ProxyConfigError
+    spec = DatasetSpec.parse(spec)
+    if spec.path is None or not spec.path.is_file():
+        raise DatasetSpecError(f"data set {spec.text}: statistics file {spec.path} does not exist")
+    stats = load_npz(spec.path)
+    if stats.dim != extractor.dim:
+        raise ProxyConfigError(f"data set {spec.text}: {stats.dim}-d statistics, but extractor {extractor.name} "
+                               f"gives {extractor.dim}-d features (EDM's references are 2048-d: "
+                               "--extractor inception-v3-compat)")
+    named = stats.meta.get("extractor")
+    if named and named != extractor.name:
+        raise ProxyConfigError(f"data set {spec.text}: statistics of extractor {named}, not {extractor.name}")
+    return stats

@@ -10,7 +10,19 @@ class GridError(SkipsearchError, ValueError):
 
 
 class NFEError(SkipsearchError, ValueError):
-    """An NFE budget that a sampler cannot spend exactly."""
+    """An NFE budget that a sampler cannot spend exactly.
+
+    ``samplers``: the registered samplers that can spend it; ``hint`` says so in words (the CLI prints it after the
+    message, which stays as it was for callers that match it).
+    """
+
+    def __init__(self, message: str, samplers: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.samplers = tuple(samplers)
+
+    @property
+    def hint(self) -> str:
+        return f", or a sampler that can: --sampler {' | '.join(self.samplers)}" if self.samplers else ""
 
 
 class SamplerOptionError(SkipsearchError, ValueError):

@@ -62,6 +62,13 @@ class GenerateResult:
     seconds: float
 
 
+def untuned_images(adapter: SkipAdapter, n: int = 8) -> tuple[torch.Tensor, str]:
+    """``n`` rho = 1 images at a moderate NFE (DDIM 10 for a discrete-time model, Heun 9 otherwise) and the recipe
+    in words: what ``check-model`` looks at (:func:`skipsearch.models.check.check_images`)."""
+    sampler, nfe = ("ddim", 10) if adapter.timestep_sigmas is not None else ("heun", 9)
+    return generate(adapter, sampler=sampler, nfe=nfe, seeds=list(range(n))).images, f"{sampler}, NFE {nfe}"
+
+
 def generate(adapter: SkipAdapter, *, sampler: str, nfe: int, seeds: Sequence[int],
              schedule: SkipSchedule | None = None, churn: Churn | None = None, batch_size: int | None = None,
              precision: str = "fp32", progress: Callable[[int], None] | None = None,

@@ -487,7 +487,13 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
         return steps
     options = [spec.nfe_of_steps(n) for n in (steps - 1, steps) if n >= 1]
     raise NFEError(f"{spec.name} cannot spend exactly {budget} denoiser calls (NFE = {spec.nfe_formula}): use "
-                   + " or ".join(f"--nfe {value}" for value in options))
+                   + " or ".join(f"--nfe {value}" for value in options), samplers_for_nfe(budget))
+
+
+def samplers_for_nfe(nfe: int) -> tuple[str, ...]:
+    """The registered samplers that can spend exactly ``nfe`` denoiser calls."""
+    return tuple(name for name, spec in SAMPLERS.items()
+                 if spec.nfe_of_steps(max(1, spec.steps_of_nfe(nfe))) == nfe)
 
 
 def sample(denoiser: Denoiser, x: torch.Tensor, *, sampler: str, nfe: int, sigma_min: float, sigma_max: float,

@@ -91,12 +91,16 @@ class StudyDefinition:
     search: SearchConfig = SearchConfig()
     sampler_options: dict[str, Any] = field(default_factory=dict)
     source: str = "built-in defaults"
+    check: bool = True  # check-model before the study opens (skipsearch.models.check); not part of the study name
 
     def objective_digest(self) -> str:
         """A hash of everything that changes what a trial's value means: the space and its bounds, the proxy, the
         sampler options (the model's identity and the sampler/NFE are in the study name beside it)."""
+        proxy = dataclasses.asdict(self.proxy)
+        if proxy.get("resize") is None:  # left out when unset, so existing studies keep their names
+            proxy.pop("resize", None)
         parts = {"space": self.space, "bounds": dataclasses.asdict(self.space_bounds),
-                 "proxy": dataclasses.asdict(self.proxy), "sampler_options": self.sampler_options}
+                 "proxy": proxy, "sampler_options": self.sampler_options}
         if self.nfes:  # left out for one NFE, so existing studies keep their names
             parts["nfes"] = list(self.nfes)
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -146,7 +150,8 @@ _SECTIONS = {"space": ("space_bounds", SpaceBounds), "proxy": ("proxy", ProxyCon
              "search": ("search", SearchConfig)}
 _SECTION_ATTRS = {"space_bounds", "proxy", "search"}
 # The [study] table holds StudyDefinition's own fields; the others are sections of their own, or internal.
-_STUDY_FIELDS = ("model", "sampler", "nfe", "nfes", "space", "trials", "name", "checkpoint", "trust_pickle")
+_STUDY_FIELDS = ("model", "sampler", "nfe", "nfes", "space", "trials", "name", "checkpoint", "trust_pickle",
+                 "check")
 
 
 def _short(value: Any) -> str:
@@ -221,6 +226,8 @@ def parse_study(data: dict[str, Any], source: str) -> StudyDefinition:
     if isinstance(study.get("nfes"), list):
         study["nfes"] = tuple(study["nfes"])
     kwargs.update(study)
+    if "sampler" not in study and isinstance(study.get("model"), str):
+        kwargs["sampler"] = default_sampler(study["model"])  # DDIM for a discrete-time model
     for section, (attr, cls) in _SECTIONS.items():
         values = _table(data, section, source)
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -311,7 +318,7 @@ def default_study(model: str, sampler: str | None = None, nfe: int | None = None
     """The most specific study file: ``{model}-{sampler}-nfe{nfe}``, ``{model}-nfe{nfe}``, ``{model}``, looked up
     in ``Settings.studies`` (``$SKIPSEARCH_STUDIES``) and then in the shipped studies; else the built-in defaults."""
     folders = [f for f in ((settings.studies if settings else None), STUDIES_DIR) if f is not None]
-    model = _study_key(model)
+    spec, model = model, _study_key(model)
     names = []
     if sampler and nfe:
         names.append(f"{model}-{sampler}-nfe{nfe}.toml")
@@ -322,7 +329,38 @@ def default_study(model: str, sampler: str | None = None, nfe: int | None = None
         for name in names:
             if (folder / name).is_file():
                 return load_study_file(folder / name)
-    return StudyDefinition(model=model)
+    sampler = default_sampler(spec)
+    return StudyDefinition(model=model) if sampler == StudyDefinition.sampler else \
+        StudyDefinition(model=model, sampler=sampler)
+
+
+# Registered discrete-time models (their adapters have a timestep grid); tests/models/test_check_model.py checks
+# this against the loaded adapters.
+DISCRETE_MODELS = ("ddpm-mnist",)
+DISCRETE_TYPES = ("epsilon", "v_prediction", "sample")  # as skipsearch.models.spec (which loads torch with models)
+
+
+def default_sampler(model: str) -> str:
+    """The sampler used when neither a flag nor a study names one: DDIM for a discrete-time model (a registered
+    DDPM, ``diffusers:DIR``, a model file with a discrete ``[parametrization] type``), EDM's Heun otherwise.
+    Reads a model file's TOML only (no torch, no model load)."""
+    return "ddim" if _declared_discrete(model) else "heun"
+
+
+def _declared_discrete(model: str) -> bool:
+    if model in DISCRETE_MODELS or model.startswith("diffusers:"):
+        return True
+    if not model.endswith(".toml"):
+        return False
+    try:
+        from skipsearch.inputs import read_user_toml
+        data = read_user_toml(Path(model), "model file", error=StudyDefinitionError)
+    except (StudyDefinitionError, OSError):
+        return False  # load_model says what is wrong with it
+    section, parametrization = data.get("model"), data.get("parametrization", {})
+    if not isinstance(section, dict) or "edm" in section or not isinstance(parametrization, dict):
+        return False
+    return parametrization.get("type", "epsilon") in DISCRETE_TYPES
 
 
 def _study_key(model: str) -> str:

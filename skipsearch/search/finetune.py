@@ -103,11 +103,23 @@ class FinetuneBudget:
 def training_images(dataset: str, split: str = "train", settings: Settings | None = None) -> torch.Tensor:
     """The proxy's data set as float images in [-1,1] (loaded once per process and ``settings``: where the data set
     lives, see :func:`skipsearch.proxy.stats.load_dataset`)."""
+    from skipsearch.proxy.datasets import DatasetSpec, load_images
     from skipsearch.proxy.stats import DATASETS, load_dataset
-    if dataset not in DATASETS:
+    if not has_training_images(dataset):
         raise DatasetError(f"S²-DM fine-tuning needs the model's training data; data set {dataset!r} is not "
-                           f"available (known: {', '.join(sorted(DATASETS))})")
-    return to_model_range(load_dataset(dataset, split, settings))
+                           f"available (known: {', '.join(sorted(DATASETS))}, or folder:, zip:, npz:, "
+                           "torchvision: images)")
+    if DatasetSpec.parse(dataset).registered:
+        return to_model_range(load_dataset(dataset, split, settings))
+    return to_model_range(load_images(dataset, split, settings=settings))
+
+
+def has_training_images(dataset: str) -> bool:
+    """A registered data set or an image spec (folder, zip, npz, torchvision); not ``stats:`` nor ``self``."""
+    from skipsearch.proxy.datasets import DatasetSpec
+    from skipsearch.proxy.stats import DATASETS
+    spec = DatasetSpec.parse(dataset)
+    return spec.text in DATASETS if spec.registered else spec.kind in ("folder", "zip", "npz", "torchvision")
 
 
 def finetune_network(base: nn.Module, images: torch.Tensor, *, tau: float, skip: int, lr: float, num_steps: int,
@@ -175,7 +187,7 @@ class FinetuneObjective(Objective):
                              f"{type(adapter).__name__}")
         if images is None:
             from skipsearch.proxy.stats import DATASETS
-            if proxy.config.dataset not in DATASETS:  # fail before any trial, not inside one
+            if not has_training_images(proxy.config.dataset):  # fail before any trial, not inside one
                 raise DatasetError(f"S²-DM fine-tuning needs the model's training data; data set "
                                    f"{proxy.config.dataset!r} is not available "
                                    f"(known: {', '.join(sorted(DATASETS))})")

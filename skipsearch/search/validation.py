@@ -74,11 +74,13 @@ def validate(session: StudySession, top_k: int | None = None,
         entry = validated.get(number)
         if entry is None or entry.n != config.final_n:
             nfes = session.definition.nfes or (session.definition.nfe,)
+            # precision, recall and IS beside the metric, on the features of one NFE (the study's)
+            main_nfe = session.definition.nfe if session.definition.nfe in nfes else nfes[0]
             try:
                 proxy = session.objective.proxy_for_validation(trial)
                 scored = [proxy.evaluate(schedule.with_metadata(nfe=k) if len(nfes) > 1 else schedule,
                                           rungs=[config.final_n], seed_offset=config.validation_seed_offset,
-                                          preview=0) for k in nfes]
+                                          preview=0, quality=k == main_nfe) for k in nfes]
                 references = _references(session, nfes, references)
             except TRIAL_FAILURES as exc:
                 validated[number] = Validated(n=config.final_n, error=f"{type(exc).__name__}: {exc}",
@@ -87,14 +89,15 @@ def validate(session: StudySession, top_k: int | None = None,
                 results.append({"trial": number, **validated[number].to_dict()})
                 continue
             seeds = f"{scored[0].seeds[0]}-{scored[0].seeds[1] - 1}"
+            quality = next((r.quality for r in scored if r.quality), None) or {}
             if len(nfes) == 1:
                 entry = Validated(n=scored[0].n, value=scored[0].value, proxy=trial.value, seeds=seeds,
-                                  baseline=record.baseline, baseline_kind=record.baseline_kind)
+                                  baseline=record.baseline, baseline_kind=record.baseline_kind, **quality)
             else:  # the mean ratio to rho = 1 over the NFEs, as the search scored it; each NFE's metric beside
                 ratio = sum(r.value / references[k] for k, r in zip(nfes, scored)) / len(nfes)
                 entry = Validated(n=config.final_n, value=ratio, proxy=trial.value, seeds=seeds,
                                   baseline=record.baseline, baseline_kind=record.baseline_kind,
-                                  nfe_values={str(k): r.value for k, r in zip(nfes, scored)})
+                                  nfe_values={str(k): r.value for k, r in zip(nfes, scored)}, **quality)
             validated[number] = entry
             study_record.set_validated(validated)
             searched = record.nfe_values or {}  # a multi-NFE trial: its proxy per NFE (its value: their mean ratio)

@@ -118,6 +118,11 @@ class Validated:
     error: str | None = None
     nfe_values: dict[str, float] | None = None  # multi-NFE studies: the metric at each NFE ("value" is their mean
     # ratio to rho = 1)
+    # torch-fidelity's precision / recall (k = 3) and Inception Score on the same images (at the study's NFE);
+    # None in records written before they were measured, or where they cannot be (no reference features, no logits)
+    precision: float | None = None
+    recall: float | None = None
+    isc: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -125,7 +130,7 @@ class Validated:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Validated:
         entry = cls(**{k: d[k] for k in ("n", "value", "proxy", "seeds", "baseline", "baseline_kind", "error",
-                                          "nfe_values") if k in d})
+                                          "nfe_values", "precision", "recall", "isc") if k in d})
         if entry.baseline and not entry.baseline_kind:
             entry.baseline_kind = legacy_baseline_kind(entry.baseline)
         return entry

@@ -264,8 +264,10 @@ def test_dashboard_command_serves_read_only_and_says_so(db: Db, tmp_path: Path) 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    # A wide console: rich wraps at 80 columns without a terminal, and where the long database path (longer under
+    # xdist: .../popen-gw1/...) puts the break decides whether the sentence checked below stays on one line.
     env = {**os.environ, "SKIPSEARCH_HOME": str(tmp_path / "home"), "SKIPSEARCH_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "COLUMNS": "400"}
     proc = subprocess.Popen([sys.executable, "-m", "skipsearch.cli", "dashboard", "--storage", db.url, "--port",
                              str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

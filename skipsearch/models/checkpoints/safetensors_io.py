@@ -80,23 +80,23 @@ def load_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> _
     return load_edm_pickle(path, trust=trust_pickle)
 
 
-def load_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_torch_state_dict(path: str | os.PathLike, key: str | None = None, *, where: str | None = None,
+                          field: str = "weights_key") -> dict[str, torch.Tensor]:
     """A state dict from a torch file, read with ``weights_only=True`` (a pickle that would run code is refused).
 
-    Common wrappers (``{"state_dict": ...}``, ``{"model": ...}``, ``{"ema": ...}``) are unwrapped.
+    Training checkpoints (``{"model_state_dict": ...}``, ``{"ema": ...}``, ``{"state_dict": ...}``) are unwrapped
+    when exactly one common key holds a state dict; ``key`` (dotted: ``ema.model``) names it otherwise
+    (:func:`~skipsearch.models.checkpoints.state_dicts.find_state_dict`). ``where`` names the file in errors,
+    ``field`` the setting that names the key.
     """
+    from skipsearch.models.checkpoints.state_dicts import find_state_dict
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for anything but plain tensors/containers, or a corrupt file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(f"cannot read {path} as a state dict with weights_only=True "
                               f"({type(exc).__name__}: {first[:160]})") from None
-    for key in ("state_dict", "model", "ema"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return state
+    return find_state_dict(state, where or str(path), key, field)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
