@@ -143,7 +143,8 @@ def _run_definition(definition: StudyDefinition, *, storage_url: str | None, dev
                              "process; Ray workers run one trial each: use one of --workers, --trials-per-batch")
         from skipsearch.execution.ray import check_address
         check_address(ray_address)
-    adapter = _checked_model(definition, device, settings, on_check) if definition.check else None
+    checked = definition.check and settings.check_model  # the study's choice, then the machine's
+    adapter = _checked_model(definition, device, settings, on_check) if checked else None
     # With workers the rho bounds are calibrated once they are up, the sweep spread over them (prepare).
     session = open_session(definition, storage_url=storage_url, device=device, settings=settings,
                            calibrate=not workers, adapter=adapter)

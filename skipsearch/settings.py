@@ -78,6 +78,7 @@ class Settings:
     s2dm_segments: int = 4  # proxy evaluations per fine-tuning trial (SKIPSEARCH_S2DM_SEGMENTS)
     s2dm_batch: int = 32  # fine-tuning batch (SKIPSEARCH_S2DM_BATCH)
     batch_calibration: bool = True  # measure the fastest sampling batch (SKIPSEARCH_BATCH_CALIBRATION=0: off)
+    check_model: bool = True  # check-model before a study unless it says check = false (SKIPSEARCH_CHECK_MODEL=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +103,7 @@ class Settings:
             s2dm_batch=_positive_int(env, "S2DM_BATCH", defaults.s2dm_batch),
             batch_calibration=env.get(PREFIX + "BATCH_CALIBRATION", "1").strip().lower() not in ("0", "false", "no",
                                                                                                  "off"),
+            check_model=env.get(PREFIX + "CHECK_MODEL", "1").strip().lower() not in ("0", "false", "no", "off"),
         )
         for name in ("home", "cache", "artifacts"):
             path = getattr(settings, name)

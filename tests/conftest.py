@@ -13,6 +13,9 @@ torch.set_num_threads(THREADS)
 # The sampling batch by the formula, not by measurement: a timing on this shared machine would make the suite's
 # batches (and its duration) vary from run to run. tests/sampling/test_batching.py turns the measurement on.
 os.environ.setdefault("SKIPSEARCH_BATCH_CALIBRATION", "0")
+# The model check before every study costs 5-15 s on these CPUs; the suite's studies run on models whose specs are
+# right. tests/models/test_check_model.py turns it on.
+os.environ.setdefault("SKIPSEARCH_CHECK_MODEL", "0")
 
 
 @pytest.fixture(autouse=True)

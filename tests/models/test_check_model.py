@@ -144,6 +144,7 @@ def test_optimize_checks_the_model_once_before_the_study(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(optimize_module, "open_session", fake_open)
     monkeypatch.setenv("SKIPSEARCH_HOME", str(tmp_path))
+    monkeypatch.setenv("SKIPSEARCH_CHECK_MODEL", "1")  # the suite turns it off (tests/conftest.py)
     kwargs = {}
     if how == "python-false":
         kwargs["check"] = False
