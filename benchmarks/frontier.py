@@ -69,7 +69,8 @@ def main() -> None:
         result = run_frontier(plan, storage_url=url, device=str(device), events=events)
         with FrontierStore(url) as store:
             view = load_view(store, result.key)
-        write_outputs(view, args.out / name)
+        if view.points:
+            write_outputs(view, args.out / name)
         print(terminal_table(view, width=118), flush=True)
         hit = breaks_limit(view.points)
         reached = reach_nfe(view.points, view.limit)

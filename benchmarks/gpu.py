@@ -433,7 +433,7 @@ def _study_inputs(bench: Bench, key: str, net) -> StudyInputs:
 
 def _trial_figures(study) -> dict[str, Any]:
     """Counts, images sampled, and the trials' own span (first start to last completion)."""
-    from skipsearch.optimize import trial_counts
+    from skipsearch.optimization import trial_counts
     done = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None and t.datetime_start]
     images = sum(max(t.intermediate_values) for t in done if t.intermediate_values)  # failed ones cost too
     span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds() \

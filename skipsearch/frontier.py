@@ -1,7 +1,7 @@
 """``skipsearch frontier``: quality against steps, tuned and untuned, and the model's own limit.
 
 For each NFE (ascending) one study per searched space runs, or resumes, on the shared store through
-:func:`skipsearch.optimize.run_definition`; its session warm-starts it from the neighbouring NFEs' stored best
+:func:`skipsearch.optimization.run_definition`; its session warm-starts it from the neighbouring NFEs' stored best
 (``search.warm_start``). Then every arm is validated on one fresh seed set at one n: rho = 1 with the reference
 sampler, the paper recipe, each study's validated winner and, when asked, one schedule searched for every NFE at once
 (``shared:<space>``). The limit, rho = 1 at a high NFE doubled until two doublings in a row change FID by less than
@@ -366,7 +366,7 @@ def _run_study(run: _Run, definition: StudyDefinition, arm: str, nfe: int | None
     import optuna
 
     from skipsearch.execution.session import study_name_for
-    from skipsearch.optimize import run_definition
+    from skipsearch.optimization import run_definition
     from skipsearch.store.records import StudyRecord, TrialRecord
 
     name = study_name_for(definition, run.proxy.adapter)  # what open_session names it: the stored study if any
@@ -531,10 +531,3 @@ def _paired(name: str, difference: float, boot_differences: Any) -> dict[str, fl
     from skipsearch.proxy.paired import percentile_ci
     low, high = percentile_ci(boot_differences, centre=difference)
     return {name: difference, f"{name}_low": low, f"{name}_high": high}
-
-
-def replace_plan(plan: FrontierPlan, **changes: Any) -> FrontierPlan:
-    """``plan`` with ``changes``; ``limit__start_nfe=...`` changes the limit plan."""
-    limit = {k.removeprefix("limit__"): v for k, v in changes.items() if k.startswith("limit__") and v is not None}
-    top = {k: v for k, v in changes.items() if not k.startswith("limit__") and v is not None}
-    return dataclasses.replace(plan, limit=dataclasses.replace(plan.limit, **limit), **top)

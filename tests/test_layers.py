@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"search"},
     {"export"},
     {"execution"},
-    {"optimize"},
+    {"optimization"},
     {"frontier"},
     {"cli", "__init__", "__main__"},
 ]

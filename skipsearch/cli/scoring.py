@@ -9,7 +9,6 @@ import typer
 from rich.markup import escape
 
 from skipsearch.cli.app import app, out, settings_of
-from skipsearch.cli.models import _recipe, _weights_of, resolve_schedule
 from skipsearch.cli.options import (
     CheckpointOpt,
     DeviceOpt,
@@ -22,6 +21,7 @@ from skipsearch.cli.options import (
     load_adapter,
     progress_bar,
 )
+from skipsearch.cli.recipe import recipe, resolve_schedule, weights_of
 from skipsearch.errors import UsageError
 
 DATASET_HELP = ("reference data set: mnist, folder:DIR, zip:FILE.zip, npz:FILE, torchvision:NAME:ROOT, "
@@ -63,11 +63,11 @@ def evaluate(ctx: typer.Context, model: str = ModelOpt,
         raise UsageError(f"--metric {metric!r}: use a comma-separated list of {', '.join(METRICS)}")
     if schedule is not None and schedule.is_dir():
         raise UsageError(f"--schedule {schedule} is a folder; give a schedule JSON file")
-    sampler, nfe, options = _recipe(schedule, sampler, nfe, default_nfe=9, model=model)
+    sampler, nfe, options = recipe(schedule, sampler, nfe, default_nfe=9, model=model)
     steps_for_nfe(sampler, nfe)
     from skipsearch.export.weights import describe_weights
     if checkpoint is None and schedule is not None:
-        checkpoint = _weights_of(schedule, settings)
+        checkpoint = weights_of(schedule, settings)
     adapter = load_adapter(model, checkpoint, trust_pickle, device, settings)
     from skipsearch.inputs import check_memory
     check_memory(n * (math.prod(adapter.img_shape) + 36), f"sampling {n} images", "give a smaller --n")

@@ -1,4 +1,4 @@
-"""``skipsearch optimize``: a study definition from the flags, run by :func:`skipsearch.optimize.run_definition`
+"""``skipsearch optimize``: a study definition from the flags, run by :func:`skipsearch.optimization.run_definition`
 with a progress line."""
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def _optimize_with_progress(definition, *, storage_url: str, device: str, export
     import optuna
     from optuna.trial import TrialState
 
-    from skipsearch.optimize import run_definition, trial_counts
+    from skipsearch.optimization import run_definition, trial_counts
     from skipsearch.store import redact_url
     from skipsearch.store.records import count_finished
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress line says what Optuna logs per trial

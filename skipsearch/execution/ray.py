@@ -203,7 +203,7 @@ def run_on_ray(session: StudySession, *, workers: int, address: str | None = Non
 
     Every actor joins the driver's study by its name. ``prepare(evaluate_many)`` runs once the actors are up and
     before any trial: the driver calibrates the rho bounds with ``evaluate_many`` spreading the sweep over the
-    workers, then enqueues the baselines (see :func:`skipsearch.optimize.run_definition`).
+    workers, then enqueues the baselines (see :func:`skipsearch.optimization.run_definition`).
     ``session.interrupted`` (set by the CLI's first Ctrl-C) stops handing out trials and lets the running ones
     finish; a KeyboardInterrupt kills the workers at once (their trials are failed, their parameters queued again).
     ``on_trial(study, last_finished_trial)`` is called from the driver whenever the finished count grows.

@@ -307,12 +307,18 @@ def plot(view: FrontierView, path: Path) -> Path:
     ax.set_xlabel("NFE (denoiser calls per image, log scale)", fontsize=9)
     ax.set_ylabel(f"FID ({view.key.extractor}, n={view.key.n}, log scale)", fontsize=9)
     hit = breaks_limit(view.points)
+    if hit is not None:  # ringed: the headline point, the first whose CI against the limit lies at or below 0
+        point = view.point(hit[1], hit[0])
+        ax.plot([hit[0]], [point.value], marker="o", markersize=16, markerfacecolor="none", markeredgecolor="C3",
+                markeredgewidth=1.5, linestyle="none", label=f"breaks the limit ({hit[1]}, NFE {hit[0]})", zorder=6)
     verdict = ("" if view.limit is None else f"; tuned breaks the limit at {hit[0]} NFE" if hit
                else "; tuned does not break the limit")
-    ax.set_title(f"{view.key.model_name}: FID against NFE (* first NFE within {REACH_TOLERANCE:.0%} of the limit)"
-                 f"{verdict}", fontsize=9)
+    # A figure title: constrained layout keeps it inside the image, however long the model's name.
+    figure.suptitle(f"{view.key.model_name}: FID against NFE (* first NFE within {REACH_TOLERANCE:.0%} of the "
+                    f"limit){verdict}", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over a line
+    if ax.get_legend_handles_labels()[0]:  # nothing stored yet: an empty frame, no legend
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over a line
     ax.tick_params(labelsize=8)
     return render_png(figure, path)
 

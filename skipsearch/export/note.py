@@ -1,7 +1,7 @@
 """The study note optuna-dashboard shows on a study's page (Markdown): what was searched, within which bounds and
 budget, what validation found and by how much it beat rho = 1, where the winner was exported, where to give verdicts.
 
-Written at the end of every run (:func:`skipsearch.optimize.run_definition`); each run saves a new version.
+Written at the end of every run (:func:`skipsearch.optimization.run_definition`); each run saves a new version.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class StudySession(Protocol):
 
 
 class OptimizeResult(Protocol):
-    """What the note reads of :class:`skipsearch.optimize.OptimizeResult` (execution imports export, not
+    """What the note reads of :class:`skipsearch.optimization.OptimizeResult` (execution imports export, not
     the other way round)."""
 
     counts: dict[str, int]

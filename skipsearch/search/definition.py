@@ -276,8 +276,8 @@ def validate(definition: StudyDefinition) -> None:
         raise StudyDefinitionError(f"{where}: trials must be a positive integer, got {definition.trials!r}")
     for nfe in (definition.nfe, *definition.nfes):  # a grid of steps is allocated whole: a huge NFE exhausts memory
         if not 1 <= nfe <= MAX_NFE:
-            raise StudyDefinitionError(f"{where}: nfe must be in [1, {MAX_NFE}] (denoiser calls per image), "
-                                       f"got {nfe!r}")
+            raise StudyDefinitionError(f"{where}: nfe must be a positive integer of at most {MAX_NFE} (denoiser "
+                                       f"calls per image), got {nfe!r}")
     nfes = definition.nfes
     if nfes and (any(n < 1 for n in nfes) or len(set(nfes)) != len(nfes) or len(nfes) < 2):
         raise StudyDefinitionError(f"{where}: nfes must be two or more different positive NFEs, got {list(nfes)}")

@@ -308,7 +308,7 @@ def test_workers_and_ray_address_are_checked_before_the_model_loads(tmp_path: Pa
     from helpers.cli import assert_one_line_error, run_cli
 
     from skipsearch.errors import UsageError
-    from skipsearch.optimize import run_definition
+    from skipsearch.optimization import run_definition
     from skipsearch.search.definition import default_study
 
     url = f"sqlite:///{tmp_path}/skipsearch.db"

@@ -107,7 +107,7 @@ def test_side_by_side_rejects_unlike_images():
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
-    from skipsearch.optimize import run_definition
+    from skipsearch.optimization import run_definition
     from skipsearch.search.definition import default_study
     home = tmp_path_factory.mktemp("home")
     sessions = []

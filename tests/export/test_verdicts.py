@@ -54,7 +54,7 @@ class Run:
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory) -> Run:
     """One real tiny study through the CLI code path (``run_definition``), shared read-only by the tests."""
-    from skipsearch.optimize import optimize
+    from skipsearch.optimization import optimize
     home = tmp_path_factory.mktemp("home")
     url = f"sqlite:///{home}/skipsearch.db"
     with pytest.MonkeyPatch.context() as mp:

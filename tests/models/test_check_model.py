@@ -131,7 +131,7 @@ class _Opened(Exception):
 @pytest.mark.parametrize("how", ["default", "python-false", "study-false"])
 def test_optimize_checks_the_model_once_before_the_study(tmp_path, monkeypatch, how):
     import skipsearch.models.check as check
-    import skipsearch.optimize as optimize_module
+    import skipsearch.optimization as optimize_module
     from skipsearch.search.definition import StudyDefinition
     checked, opened = [], []
     real = check.check_spec

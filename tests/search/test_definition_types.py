@@ -180,5 +180,7 @@ def test_a_study_file_keeps_its_model_in_python_and_on_the_cli(tmp_path) -> None
     assert StudyDefinition.from_options(study=path, model="edm").model == "edm"  # given: it wins
     assert StudyDefinition.from_options().model == "edm"
     assert StudyDefinition.from_options(nfes=(5, 9, 17)).nfe == 9  # the middle NFE of a multi-NFE study
+    import skipsearch.optimization  # noqa: F401 - the module must not replace the package's optimize()
+    assert callable(skipsearch.optimize)
     with pytest.raises(Exception, match="no-such-model"):  # the file's model is the one loaded
         skipsearch.optimize(study=path, storage=f"sqlite:///{tmp_path}/s.db")

@@ -198,7 +198,7 @@ def test_baselines_carry_a_kind_and_old_labels_are_read_as_kinds() -> None:
 
 def test_an_s2dm_studys_baseline_gets_a_lift_line() -> None:
     """The lift is measured against the baseline of kind 'untuned', whatever its label says."""
-    from skipsearch.optimize import OptimizeResult
+    from skipsearch.optimization import OptimizeResult
 
     validations = [{"trial": 0, "value": 20.0, "baseline": "tau=1 fine-tune, rho=1", "baseline_kind": "untuned"},
                    {"trial": 1, "value": 22.0, "baseline": "tau=1 fine-tune, paper recipe", "baseline_kind": "paper"},
