@@ -385,10 +385,10 @@ def write_files(view: FrontierView, folder: Path) -> list[Path]:
 
 def write_outputs(view: FrontierView, folder: Path) -> list[Path]:
     """The PNG, CSV and JSON, and ``index.html`` holding the frontier section."""
-    from skipsearch.export.report_html import _CSS
+    from skipsearch.export.style import CSS
     written = write_files(view, folder)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>NFE frontier: '
-            f"{_esc(view.key.model_name)}</title><style>{_CSS}</style></head>\n<body>\n{section_html(view)}\n"
+            f"{_esc(view.key.model_name)}</title><style>{CSS}</style></head>\n<body>\n{section_html(view)}\n"
             "</body></html>\n")
     written.append(folder / FILES[3])
     written[-1].write_text(page, encoding="utf-8")

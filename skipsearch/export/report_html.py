@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from skipsearch.errors import SkipsearchError
 from skipsearch.export.figures import render, rho_heatmap
+from skipsearch.export.style import CSS
 from skipsearch.store import BestKey, BestStore
 from skipsearch.store.records import StudyRecord, TrialRecord, Validated
 
@@ -32,17 +33,6 @@ GRID_NROW, GRID_SCALE = 4, 2
 GRIDS = (("best", "grid_best.png"), ("rho = 1 (untuned)", "grid_rho1.png"), ("paper recipe", "grid_paper.png"))
 CI_NOT_STORED = "CI not stored"
 _UNTUNED = object()  # the rho = 1 grid: no schedule applied at all
-
-_CSS = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1100px; padding: 0 1em; color: #222; }
-h1 { font-size: 1.4em; word-break: break-all; } h2 { font-size: 1.15em; margin-top: 1.6em; }
-table { border-collapse: collapse; margin: .5em 0; } th, td { border: 1px solid #ccc; padding: 2px 8px; }
-th { background: #f2f2f2; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-table.kv th { width: 11em; } tr.best td { background: #eef7ee; } code { word-break: break-all; }
-.figs { display: flex; flex-wrap: wrap; gap: 12px; } figure { margin: 0; } figcaption { font-size: .9em; }
-.note { color: #8a5a00; } .muted { color: #666; font-size: .9em; }
-"""
-
 
 def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
@@ -451,7 +441,7 @@ def write_index(study: optuna.Study, store: BestStore, output: Path, *, images: 
         f" ({TrialRecord.read(best).baseline})" if TrialRecord.read(best).baseline else "")
     extra_html = "".join(_img(name, name) for name in extra if (output / name).is_file())
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(study.study_name)}</title><style>{_CSS}</style></head>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(study.study_name)}</title><style>{CSS}</style></head>
 <body>
 <h1>{esc(study.study_name)}</h1>
 {header_html}

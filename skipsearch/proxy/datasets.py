@@ -4,7 +4,7 @@ A spec is parsed once into a :class:`DatasetSpec`; its kind (the prefix before t
 :data:`SOURCE_KINDS`, which turns it into uint8 images ``[N, C, H, W]`` and a content fingerprint for the cache.
 
 =========================  =====================================================================================
-``mnist`` (any name of     a registered data set (:data:`skipsearch.proxy.stats.DATASETS`); ``mnist`` is the
+``mnist`` (any name of     a registered data set (:data:`DATASETS`); ``mnist`` is the
 ``DATASETS``)              bundled default. Split: ``train`` / ``test``.
 ``folder:DIR``             every PNG/JPEG/WebP under DIR, recursively, in sorted relative-path order.
 ``zip:FILE.zip``           EDM ``dataset_tool`` layout: the images in the archive (sorted by name) plus an
@@ -29,6 +29,7 @@ for ``self`` the model identity (weights and spec sha256), sampler, NFE and n.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -367,8 +368,33 @@ def _load_self(spec: DatasetSpec, _split: str, settings: Settings | None, adapte
 
 
 def _load_registered(spec: DatasetSpec, split: str, settings: Settings | None, adapter: Any) -> torch.Tensor:
-    from skipsearch.proxy.stats import load_dataset
     return load_dataset(spec.name, split, settings)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Registered data sets by name.
+
+def _mnist_images(split: str, *, settings: Settings | None = None) -> torch.Tensor:
+    from skipsearch.data import load_mnist
+    return load_mnist(split, settings=settings)[0]
+
+
+# Data sets a reference can be computed from: name -> split -> uint8 images [N, C, H, W]. A loader that also takes
+# a ``settings`` keyword is given the caller's Settings (where its files live): see load_dataset.
+DATASETS: Registry[Callable[..., torch.Tensor]] = Registry("dataset", ReferenceStatsError)
+DATASETS.register("mnist", _mnist_images)
+
+
+def load_dataset(name: str, split: str, settings: Settings | None = None) -> torch.Tensor:
+    """uint8 images [N, C, H, W] of a registered data set; ``settings`` go to a loader with a ``settings`` keyword
+    (a loader of ``split`` alone is called as it is)."""
+    loader = DATASETS.get(name)
+    try:
+        takes_settings = "settings" in inspect.signature(loader).parameters
+    except (TypeError, ValueError):  # a callable without a signature (a builtin)
+        takes_settings = False
+    return loader(split, settings=settings) if takes_settings else loader(split)
+
 
 
 SOURCE_KINDS.register("name", SourceKind("a registered data set (mnist)", _registered_digest, _load_registered))

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 
+from skipsearch.proxy.datasets import DATASETS, load_dataset
 from skipsearch.proxy.errors import NonFiniteFeaturesError, ReferenceStatsError
-from skipsearch.registry import Registry
 
 if TYPE_CHECKING:
     from skipsearch.models.adapter import SkipAdapter
@@ -146,28 +145,6 @@ def load_npz(path: str | os.PathLike) -> FeatureStats:
 # ---------------------------------------------------------------------------------------------------------------
 # Reference statistics of data sets, cached per (dataset, split, extractor, weights sha256)
 # ---------------------------------------------------------------------------------------------------------------
-
-def _mnist_images(split: str, *, settings: Settings | None = None) -> torch.Tensor:
-    from skipsearch.data import load_mnist
-    return load_mnist(split, settings=settings)[0]
-
-
-# Data sets a reference can be computed from: name -> split -> uint8 images [N, C, H, W]. A loader that also takes
-# a ``settings`` keyword is given the caller's Settings (where its files live): see load_dataset.
-DATASETS: Registry[Callable[..., torch.Tensor]] = Registry("dataset", ReferenceStatsError)
-DATASETS.register("mnist", _mnist_images)
-
-
-def load_dataset(name: str, split: str, settings: Settings | None = None) -> torch.Tensor:
-    """uint8 images [N, C, H, W] of a registered data set; ``settings`` go to a loader with a ``settings`` keyword
-    (a loader of ``split`` alone is called as it is)."""
-    loader = DATASETS.get(name)
-    try:
-        takes_settings = "settings" in inspect.signature(loader).parameters
-    except (TypeError, ValueError):  # a callable without a signature (a builtin)
-        takes_settings = False
-    return loader(split, settings=settings) if takes_settings else loader(split)
-
 
 @dataclass(frozen=True)
 class RefStats:
