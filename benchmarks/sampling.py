@@ -11,7 +11,7 @@ import torch
 
 from skipsearch.models import load_model
 from skipsearch.sampling.generate import generate
-from skipsearch.sampling.samplers import SAMPLERS, steps_for_nfe
+from skipsearch.sampling.samplers import DIFFUSION, samplers_for_models, steps_for_nfe
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     model = load_model("edm")
     print(f"bundled model, {args.n} images, NFE {args.nfe}, {torch.get_num_threads()} threads, batch {args.n}")
     generate(model, sampler="euler", nfe=1, seeds=range(4), batch_size=4)  # warm-up
-    for name in SAMPLERS:
+    for name in samplers_for_models(DIFFUSION):  # the bundled model is a diffusion model
         steps = steps_for_nfe(name, args.nfe)
         result = generate(model, sampler=name, nfe=args.nfe, seeds=range(args.n), batch_size=args.n)
         print(f"{name:10s} steps {steps:3d}  calls/image {result.nfe:3d}  {args.n / result.seconds:7.1f} images/s")

@@ -75,7 +75,8 @@ def skip_points(ctx: typer.Context, model: str = ModelOpt, checkpoint: Optional[
         names = column in ("source", "consumer")
         table.add_column(column, justify="left" if names else "right", no_wrap=True, overflow="fold")
     for point, ratio in zip(adapter.skip_points, ratios):
-        table.add_row(str(point.index), escape(point.source or "?"), escape(point.consumer), str(point.resolution),
+        table.add_row(str(point.index), escape(point.source or "?"), escape(point.consumer),
+                      f"{point.resolution} tok" if point.tokens else str(point.resolution),
                       str(point.main_channels), str(point.skip_channels), f"{ratio:.3f}")
     out.print(table)
     out.print(f"mean norm ratio {sum(ratios) / len(ratios):.3f} over {len(ratios)} skip points")
@@ -120,7 +121,7 @@ def sample(ctx: typer.Context, model: str = ModelOpt,
         checkpoint = weights_of(schedule, settings)
     adapter = load_adapter(model, checkpoint, trust_pickle, device, settings)
     tuned = resolve_schedule(adapter, schedule, rho, sampler=sampler, nfe=nfe)
-    check_sample_size(n, tuple(adapter.img_shape), scale)
+    check_sample_size(n, tuple(adapter.pixel_shape), scale)
     out.print(escape(describe_weights(checkpoint, model, adapter.identity.sha256)), soft_wrap=True)
     with progress_bar() as progress:
         task = progress.add_task(f"sampling {sampler} NFE {nfe}", total=n)

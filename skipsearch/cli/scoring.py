@@ -70,7 +70,7 @@ def evaluate(ctx: typer.Context, model: str = ModelOpt,
         checkpoint = weights_of(schedule, settings)
     adapter = load_adapter(model, checkpoint, trust_pickle, device, settings)
     from skipsearch.inputs import check_memory
-    check_memory(n * (math.prod(adapter.img_shape) + 36), f"sampling {n} images", "give a smaller --n")
+    check_memory(n * (math.prod(adapter.pixel_shape) + 36), f"sampling {n} images", "give a smaller --n")
     tuned = resolve_schedule(adapter, schedule, rho, sampler=sampler, nfe=nfe)
     if tuned is not None:  # the flags (or the schedule's own recipe) decide how it is sampled
         tuned = tuned.with_metadata(sampler=sampler, nfe=nfe, sampler_options=options,

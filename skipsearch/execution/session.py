@@ -36,9 +36,17 @@ from skipsearch.execution.budget import (
 )
 from skipsearch.export.artifacts import TrialArtifacts
 from skipsearch.models import SkipAdapter, load_model
+from skipsearch.models.parametrization import is_consistency_model
 from skipsearch.proxy.config import METRICS, ProxyConfig, default_proxy_config
 from skipsearch.proxy.fid_proxy import FidProxy
-from skipsearch.sampling.samplers import check_sampler_options, get_sampler, steps_for_nfe
+from skipsearch.sampling.samplers import (
+    CONSISTENCY,
+    DIFFUSION,
+    check_sampler_for_model,
+    check_sampler_options,
+    get_sampler,
+    steps_for_nfe,
+)
 from skipsearch.schedule import SkipSchedule
 from skipsearch.search import validation
 from skipsearch.search.calibration import calibrate as sweep_rho_bounds
@@ -323,6 +331,8 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
     if adapter is None:
         adapter = load_model(definition.model, checkpoint=definition.checkpoint, trust_pickle=definition.trust_pickle,
                              device=str(resolve_device(device)), settings=settings)
+    models = CONSISTENCY if is_consistency_model(adapter) else DIFFUSION  # which samplers '+sampler' may pick
+    check_sampler_for_model(definition.sampler, models, adapter.name)
     if definition.proxy == ProxyConfig() and adapter.dataset not in (None, "mnist"):
         # No [proxy] section: score with Inception on the model's own data set, not the MNIST default.
         definition = dataclasses.replace(definition, proxy=default_proxy_config(adapter.dataset,
@@ -339,8 +349,8 @@ def open_session(definition: StudyDefinition, *, storage_url: str | None = None,
                        sigma_min=adapter.sigma_min, sigma_max=adapter.sigma_max, num_steps=steps,
                        stochastic=sampler_spec.stochastic, sampler=definition.sampler,
                        nfes=tuple(sorted(definition.nfes)),
-                       samplers=samplers_for(definition.nfes or (definition.nfe,)),
-                       default_spacing=adapter.default_spacing)
+                       samplers=samplers_for(definition.nfes or (definition.nfe,), models),
+                       default_spacing=adapter.default_spacing, models=models)
     space = get_space(definition.space, ctx, definition.space_bounds)
     name = study_name or study_name_for(definition, adapter)
     # Processes starting together on a fresh database would race to create Optuna's tables.

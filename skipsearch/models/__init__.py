@@ -13,6 +13,7 @@ from typing import Any
 
 from skipsearch.models.adapter import AppliedSchedule, SkipAdapter
 from skipsearch.models.edm import EDMAdapter
+from skipsearch.models.edm2 import EDM2Adapter, is_edm2
 from skipsearch.models.errors import ModelError
 from skipsearch.models.loading import ModelInfo, list_models, load_model, load_network_file, model_names
 from skipsearch.models.spec import model_key
@@ -58,6 +59,8 @@ ADAPTER_KINDS.register("edm", AdapterKind("an EDM preconditioned network (net.mo
                                           lambda net, name: EDMAdapter(net, name)))
 ADAPTER_KINDS.register("diffusers", AdapterKind("a diffusers UNet (up_blocks), DDPM linear schedule by default",
                                                 lambda net: hasattr(net, "up_blocks"), _build_diffusers))
+ADAPTER_KINDS.register("edm2", AdapterKind("an EDM2 preconditioned network (net.unet.enc / net.unet.dec)", is_edm2,
+                                           lambda net, name: EDM2Adapter(net, name)))
 
 # network -> weak reference to its adapter: a network nobody holds is collected with its adapter, and an adapter
 # lives while its caller holds it or a schedule is applied (the net then pins it, SkipAdapter.pinned_by_net).

@@ -16,6 +16,7 @@ from torch.utils.hooks import RemovableHandle
 from skipsearch.data import SYMMETRIC, DataRange
 from skipsearch.models.errors import ModelError
 from skipsearch.models.hooks import SigmaProbe, SkipPoint, install_observers, install_skip_hooks, scale_output
+from skipsearch.models.latent import LatentDecoder
 from skipsearch.schedule import ModelIdentity, ScheduleError, SkipSchedule
 from skipsearch.schedule.batch import ScheduleBatch
 
@@ -83,6 +84,9 @@ class SkipAdapter(abc.ABC):
     dataset: str | None = None  # the data set it was trained on, for the proxy's reference ("mnist")
     spec_digest: str = ""  # what else changes outputs (parametrisation, range, skip table): part of the identity
     batch_calibration: BatchCalibration | None = None  # set by load_model; None: the formula's batch
+    # A latent model's autoencoder: img_shape is then the latent shape the sampler draws, and generate() decodes
+    # its samples to latent_decoder.pixel_shape before anything looks at images.
+    latent_decoder: LatentDecoder | None = None
     # Set by skipsearch.models.adapt, whose cache holds adapters weakly: while a schedule is on, the net holds its
     # adapter (a no-op hook), so a later adapt(net) finds it and replaces the schedule instead of adding a second.
     pinned_by_net: bool = False
@@ -206,14 +210,30 @@ class SkipAdapter(abc.ABC):
                 handle.remove()
         return [ratios[p.index] for p in self.skip_points]
 
-    def probe_images(self, n: int, seed: int = 0, settings: Settings | None = None) -> torch.Tensor:
-        """A batch to measure skip norms on: real test digits for MNIST models (found with ``settings``:
+    @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        """The shape of the images the proxy sees: ``img_shape`` unless a latent decoder maps samples to pixels."""
+        return self.latent_decoder.pixel_shape if self.latent_decoder is not None else tuple(self.img_shape)
+
+    def probe_pixels(self, n: int, seed: int = 0, settings: Settings | None = None) -> torch.Tensor:
+        """Reference images in the data range: real test digits for MNIST models (found with ``settings``:
         :func:`skipsearch.data.mnist_root`), else noise of the data's scale."""
-        if self.dataset == "mnist" and self.img_shape == (1, 28, 28):
+        if self.dataset == "mnist" and self.pixel_shape == (1, 28, 28):
             from skipsearch.data import load_mnist
             return self.data_range.from_uint8(load_mnist("test", settings=settings)[0][:n])
         generator = torch.Generator().manual_seed(seed)
-        return self.data_range.from_uint8((torch.rand(n, *self.img_shape, generator=generator) * 255).to(torch.uint8))
+        uint8 = (torch.rand(n, *self.pixel_shape, generator=generator) * 255).to(torch.uint8)
+        return self.data_range.from_uint8(uint8)
+
+    def probe_images(self, n: int, seed: int = 0, settings: Settings | None = None) -> torch.Tensor:
+        """A batch of the sampler's state to measure skip norms on: :meth:`probe_pixels`, encoded for a latent
+        model (noise of the latents' unit scale when its autoencoder has no encoder)."""
+        decoder = self.latent_decoder
+        if decoder is None:
+            return self.probe_pixels(n, seed, settings)
+        if decoder.encode is None:
+            return torch.randn(n, *self.img_shape, generator=torch.Generator().manual_seed(seed))
+        return decoder.encode_batched(self.probe_pixels(n, seed, settings).to(self.device)).cpu()
 
     def probe_norm_ratios(self, n: int, sigma: float, seed: int = 0,
                           settings: Settings | None = None) -> list[float]:

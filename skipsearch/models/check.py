@@ -97,10 +97,11 @@ def check_sigmas(adapter: SkipAdapter, levels: int = 4) -> list[float]:
 
 
 @torch.no_grad()
-def _errors(denoise: Callable, images: torch.Tensor, data_range: DataRange, sigmas: list[float],
+def _errors(denoise: Callable, images: torch.Tensor, data_range: DataRange | None, sigmas: list[float],
             noise: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[list[float], list[float]]:
-    """Relative errors and the best trivial predictor's MSE per level, in the units of ``data_range``."""
-    x0 = data_range.from_uint8(images).to(noise.device)
+    """Relative errors and the best trivial predictor's MSE per level, in the units of ``data_range`` (None: the
+    ``images`` are a latent model's float latents, used as they are)."""
+    x0 = (images.float() if data_range is None else data_range.from_uint8(images)).to(noise.device)
     mean = x0.mean(dim=0, keepdim=True)
     relative, trivial = [], []
     for sigma in sigmas:
@@ -150,7 +151,7 @@ def _discrete(schedule: str, start: float, end: float, T: int, kind: str) -> Eps
 def _alternatives(adapter: SkipAdapter, file: ModelFile | None) -> Iterator[tuple[str, object, Callable]]:
     """(field, value, context manager factory) for every plausible alternative reading of the network."""
     rng = adapter.data_range
-    if rng.mean is None:
+    if rng.mean is None and adapter.latent_decoder is None:  # a latent UNet never sees the data range
         for lo_hi in ALT_RANGES:
             if (rng.lo, rng.hi) != lo_hi:
                 yield "[data] range", lo_hi, lambda lo_hi=lo_hi: _swapped(adapter, data_range=DataRange(*lo_hi))
@@ -187,20 +188,26 @@ def _alternatives(adapter: SkipAdapter, file: ModelFile | None) -> Iterator[tupl
                     PreconditionedParametrization(kind, p.sigma_min, p.sigma_max,
                                                   getattr(p, "sigma_data", 0.5))
                 yield "[parametrization] type", kind, lambda alt=alt: _swapped(adapter, parametrization=alt)
-    elif hasattr(adapter.net, "model") and hasattr(adapter.net, "sigma_data"):  # an EDM preconditioned network
+    elif _edm_unet(adapter.net) is not None and hasattr(adapter.net, "sigma_data"):  # EDM/EDM2 preconditioned
         for kind in ("vp", "ve", "denoiser"):
             yield "[parametrization] type", kind, lambda kind=kind: _edm_reading(adapter, kind)
 
 
+def _edm_unet(net: object) -> torch.nn.Module | None:
+    """The raw UNet of an EDM (``net.model``) or EDM2 (``net.unet``) preconditioned network, else None."""
+    return getattr(net, "model", None) or getattr(net, "unet", None)
+
+
 @contextlib.contextmanager
 def _edm_reading(adapter: SkipAdapter, kind: str) -> Iterator[None]:
-    """An EDM adapter's raw UNet (``net.model``) under another preconditioning."""
+    """An EDM/EDM2 adapter's raw UNet (``net.model``/``net.unet``) under another preconditioning."""
     net = adapter.net
+    unet = _edm_unet(net)
     p = DataParametrization(adapter.sigma_min, adapter.sigma_max) if kind == "denoiser" else \
         PreconditionedParametrization(kind, adapter.sigma_min, adapter.sigma_max, float(net.sigma_data))
 
     def raw(x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return p.denoise(lambda x_in, c: net.model(x_in.float(), c.float().flatten(), class_labels=labels).float(),
+        return p.denoise(lambda x_in, c: unet(x_in.float(), c.float().flatten(), class_labels=labels).float(),
                          x, sigma)
 
     with _swapped(adapter, _denoise_raw=raw):
@@ -268,7 +275,8 @@ def check_model(adapter: SkipAdapter, file: ModelFile | None = None, *, n: int =
     if adapter.schedule is not None:
         adapter.remove_schedule()
     reference = adapter.probe_images(n, seed, settings)
-    uint8 = adapter.data_range.to_uint8(reference)
+    latent = adapter.latent_decoder is not None  # its state is float latents: no uint8 grid, no data range
+    uint8 = reference if latent else adapter.data_range.to_uint8(reference)
     sigmas = check_sigmas(adapter)
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(uint8.shape, generator=generator).to(adapter.device)
@@ -277,11 +285,12 @@ def check_model(adapter: SkipAdapter, file: ModelFile | None = None, *, n: int =
     if adapter.label_dim:  # a class-conditional model: labels cycled, as for the skip-points probe
         labels = torch.nn.functional.one_hot(torch.arange(len(uint8)) % adapter.label_dim, adapter.label_dim)
         labels = labels.float().to(adapter.device)
-    errors, trivial = _errors(adapter.denoise, uint8, adapter.data_range, sigmas, noise, labels)
+    errors, trivial = _errors(adapter.denoise, uint8, None if latent else adapter.data_range, sigmas, noise, labels)
     report = CheckReport(adapter.name, sigmas, Reading(None, "", errors), trivial)
     for field_name, value, reading_of in _alternatives(adapter, file):
         with reading_of():
-            alt_errors, _ = _errors(adapter.denoise, uint8, adapter.data_range, sigmas, noise, labels)
+            alt_errors, _ = _errors(adapter.denoise, uint8, None if latent else adapter.data_range, sigmas, noise,
+                                    labels)
         reading = Reading(field_name, _fmt(value), alt_errors)
         _compare(report.spec, reading)
         report.alternatives.append(reading)
@@ -291,7 +300,8 @@ def check_model(adapter: SkipAdapter, file: ModelFile | None = None, *, n: int =
         best = max(wrong, key=lambda r: r.factor)
         report.warnings.append(_wrong_field_line(adapter, _spec_value(adapter, best.field, file), best))
     elif images:
-        warning = check_images(adapter, uint8.cpu(), images)
+        pixels = adapter.data_range.to_uint8(adapter.probe_pixels(n, seed, settings)) if latent else uint8
+        warning = check_images(adapter, pixels.cpu(), images)
         if warning:
             report.warnings.append(warning)
     report.seconds = time.perf_counter() - start

@@ -414,6 +414,22 @@ UNETS: dict[str, type[nn.Module]] = {"SongUNet": SongUNet, "DhariwalUNet": Dhari
 # Preconditioners: D(x; sigma) = c_skip * x + c_out * F(c_in * x, c_noise). All share one forward.
 
 
+def precond_inputs(x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None, label_dim: int,
+                   fp16: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.dtype]:
+    """What a preconditioner's forward works in: float32 x, sigma as [B, 1, 1, 1], labels ([1, label_dim] zeros
+    when a conditional network gets none; None for an unconditional one) and the network's dtype (float16 only on
+    CUDA, where EDM and EDM2 use it)."""
+    x = x.to(torch.float32)
+    sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
+    if label_dim == 0:
+        class_labels = None
+    elif class_labels is None:
+        class_labels = torch.zeros([1, label_dim], device=x.device)
+    else:
+        class_labels = class_labels.to(torch.float32).reshape(-1, label_dim)
+    return x, sigma, class_labels, torch.float16 if fp16 and x.device.type == "cuda" else torch.float32
+
+
 class _Precond(nn.Module):
     """Common forward of the preconditioners; subclasses give the c_* coefficients."""
 
@@ -438,15 +454,8 @@ class _Precond(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
                 force_fp32: bool = False, **model_kwargs) -> torch.Tensor:
-        x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
-        if self.label_dim == 0:
-            class_labels = None
-        elif class_labels is None:
-            class_labels = torch.zeros([1, self.label_dim], device=x.device)
-        else:
-            class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
-        dtype = torch.float16 if self.use_fp16 and not force_fp32 and x.device.type == "cuda" else torch.float32
+        x, sigma, class_labels, dtype = precond_inputs(x, sigma, class_labels, self.label_dim,
+                                                       self.use_fp16 and not force_fp32)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         f_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
         return c_skip * x + c_out * f_x[:, : self.img_channels].to(torch.float32)

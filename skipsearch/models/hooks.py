@@ -34,29 +34,39 @@ class SkipPoint:
     skip_channels: int
     skip_first: bool = False  # True where the model concatenates cat([skip, main])
     source: str | None = None  # encoder module that produced the skip, where known
-    cat_index: int | None = None  # intercepted: which channel concatenation of the forward (0 = first) ...
+    cat_index: int | None = None  # intercepted: which recorded concatenation of the forward (0 = first) ...
     part: int | None = None  # ... and which of its parts is the skip
+    tokens: bool = False  # [N, L, D] tokens joined along features (U-ViT); resolution is then the token count L
+
+    @property
+    def cat_dim(self) -> int:
+        """The axis main and skip are concatenated along: channels (1), or the token features (-1)."""
+        return -1 if self.tokens else 1
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(main, skip) parts of the consumer's input."""
+        main_width = x.shape[self.cat_dim] - self.skip_channels
         if self.skip_first:
-            return x[:, self.skip_channels:], x[:, : self.skip_channels]
-        return x[:, : x.shape[1] - self.skip_channels], x[:, x.shape[1] - self.skip_channels:]
+            skip, main = x.split([self.skip_channels, main_width], dim=self.cat_dim)
+        else:
+            main, skip = x.split([main_width, self.skip_channels], dim=self.cat_dim)
+        return main, skip
 
 
 def scale_skip_tensor(skip: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     """The one place rho multiplies a skip tensor d_i: ``rho * d_i``.
 
-    ``rho`` is [B] (per sample, when a batch mixes sigmas) or [1]. Not in place: the skip tensor may be shared.
+    ``rho`` is [B] (per sample, when a batch mixes sigmas) or [1], broadcast over the skip's other axes (any rank:
+    [B, C, H, W] feature maps, [B, L, D] tokens). Not in place: the skip tensor may be shared.
     """
-    return skip * rho.to(device=skip.device, dtype=skip.dtype).reshape(-1, 1, 1, 1)
+    return skip * rho.to(device=skip.device, dtype=skip.dtype).reshape(-1, *([1] * (skip.ndim - 1)))
 
 
 def scale_skip(point: SkipPoint, x: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     """A consumer's input ``cat([main, skip])`` with its skip channels times rho."""
     main, skip = point.split(x)
     skip = scale_skip_tensor(skip, rho)
-    return torch.cat([skip, main] if point.skip_first else [main, skip], dim=1)
+    return torch.cat([skip, main] if point.skip_first else [main, skip], dim=point.cat_dim)
 
 
 def rho_lookup(schedule: SkipSchedule | ScheduleBatch, probe: SigmaProbe) -> Callable[[int], torch.Tensor]:

@@ -24,6 +24,7 @@ from skipsearch.data import DataRange
 from skipsearch.inputs import read_user_text
 from skipsearch.models.adapter import BatchCalibration, SkipAdapter
 from skipsearch.models.edm import EDMAdapter
+from skipsearch.models.edm2 import EDM2Adapter, is_edm2
 from skipsearch.models.errors import ModelError
 from skipsearch.models.parametrization import (
     DataParametrization,
@@ -37,6 +38,7 @@ from skipsearch.settings import Settings
 
 # The repository's models/ folder (next to studies/), shipped inside the package as skipsearch/models/files.
 MODEL_FILES_DIR = Path(__file__).resolve().parent / "files"
+BUNDLED_LDM = Path(__file__).resolve().parents[1] / "assets" / "ldm_mnist"  # a latent diffusers pipeline folder
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,11 @@ def load_network_file(path: str | os.PathLike, *, trust_pickle: bool = False):
 
 
 def edm_adapter(path: Path, name: str, *, trust_pickle: bool, dataset: str | None = None) -> EDMAdapter:
-    """An EDM network file (.safetensors, or a trusted .pkl) as an adapter named ``name``."""
+    """An EDM or EDM2 network file (.safetensors, or a trusted .pkl) as an adapter named ``name``."""
     from skipsearch.models.checkpoints import file_sha256
-    adapter = EDMAdapter(load_network_file(path, trust_pickle=trust_pickle), name, weights_sha256=file_sha256(path))
+    net = load_network_file(path, trust_pickle=trust_pickle)
+    family = EDM2Adapter if is_edm2(net) else EDMAdapter
+    adapter = family(net, name, weights_sha256=file_sha256(path))
     adapter.dataset = dataset
     return adapter
 
@@ -225,7 +229,7 @@ def _parametrization_for(file: ModelFile, scheduler: Any = None):
     if not p.discrete:
         if p.type == "denoiser":
             return DataParametrization(p.sigma_min, p.sigma_max)
-        return PreconditionedParametrization(p.type, p.sigma_min, p.sigma_max, p.sigma_data)
+        return PreconditionedParametrization(p.type, p.sigma_min, p.sigma_max, p.sigma_data, p.c_noise)
     if scheduler is not None and "parametrization.beta_schedule" not in file.given:
         kind = p.type if "parametrization.type" in file.given else None
         return EpsilonParametrization.from_scheduler(scheduler, kind)
@@ -286,7 +290,8 @@ def _load_file(file: ModelFile, request: LoadRequest) -> SkipAdapter:
         adapter: SkipAdapter = edm_adapter(request.checkpoint or file.path(file.edm), file.name,
                                            trust_pickle=request.trust_pickle)
     elif file.diffusers is not None:
-        adapter = load_diffusers(str(file.path(file.diffusers)), name=file.name, file=file)
+        adapter = load_diffusers(str(file.path(file.diffusers)), name=file.name, file=file,
+                                 offline=request.settings.offline)
     else:
         # Files first: a missing or unreadable checkpoint is reported before the network is built.
         weights, where = _weights_for(file, request)
@@ -301,13 +306,14 @@ def _load_file(file: ModelFile, request: LoadRequest) -> SkipAdapter:
             if weights is not None:
                 _fill(built, state, where, file.weights_prefix)
                 sha = file_sha256(weights)
-            if file.data.shape is None:
+            shape = file.data.shape or (file.latent.shape if file.latent is not None else None)
+            if shape is None:
                 raise ModelError(f"{file.source}: [data] shape = [channels, height, width] is needed to probe the "
                                  "network's skips")
             from skipsearch.models.generic import GenericAdapter
             built.eval().requires_grad_(False)
             adapter = GenericAdapter(built, name=file.name, parametrization=_parametrization_for(file),
-                                     img_shape=file.data.shape,
+                                     img_shape=shape,
                                      consumers=file.skips.consumers if file.skips.detect == "declared" else None,
                                      exclude=file.skips.exclude, label_dim=file.data.label_dim,
                                      call=_call_for(file), weights_sha256=sha)
@@ -318,14 +324,55 @@ def _load_file(file: ModelFile, request: LoadRequest) -> SkipAdapter:
         adapter.data_range = DataRange(mean=file.data.mean, std=file.data.std)
     elif file.data.range is not None and "data.range" in file.given:
         adapter.data_range = DataRange(*file.data.range)
+    if file.latent is not None:
+        _attach_file_decoder(adapter, file, offline=request.settings.offline)
     adapter.dataset = file.dataset or adapter.dataset
     adapter.spec_digest = file.digest()
     return adapter
 
 
-def load_diffusers(target: str, *, name: str | None = None, file: ModelFile | None = None) -> SkipAdapter:
+def _attach_file_decoder(adapter: SkipAdapter, file: ModelFile, *, offline: bool) -> None:
+    """The model file's [latent] decoder on ``adapter`` (its latent shape first, when the file gives one)."""
+    from skipsearch.models.latent import attach_decoder, load_latent_decoder
+    latent = file.latent
+    if latent.shape is not None:
+        adapter.img_shape = latent.shape
+    try:
+        decoder = load_latent_decoder(latent.decoder, scaling_factor=latent.scaling_factor, shift=latent.shift,
+                                      pixel_shape=latent.pixel_shape, latent_shape=tuple(adapter.img_shape),
+                                      offline=offline, folder=file.folder)
+    except ModelError as exc:
+        raise ModelError(f"{file.source}: [latent] decoder = {latent.decoder!r}: {exc}") from None
+    attach_decoder(adapter, decoder)
+    if adapter.dataset is None and adapter.pixel_shape == (1, 28, 28):
+        adapter.dataset = "mnist"
+
+
+def latent_pipeline_part(folder: Path) -> Path | None:
+    """The autoencoder folder of a local latent pipeline (``vae/`` or LDM's ``vqvae/``, as model_index.json names
+    it or as the subfolders show); None for a plain UNet folder."""
+    named: list[str] = []
+    index = folder / "model_index.json"
+    if index.is_file():
+        try:
+            entries = json.loads(read_user_text(index, "diffusers model_index.json"))
+        except json.JSONDecodeError:
+            raise ModelError(f"{index}: not valid JSON") from None
+        named = [key for key in ("vae", "vqvae") if isinstance(entries, dict) and key in entries]
+    for key in named or ["vae", "vqvae"]:
+        if (folder / key / "config.json").is_file():
+            return folder / key
+    if named:
+        raise ModelError(f"{folder}: model_index.json names a {named[0]!r} but {folder / named[0]} has no "
+                         "config.json")
+    return None
+
+
+def load_diffusers(target: str, *, name: str | None = None, file: ModelFile | None = None,
+                   offline: bool = False) -> SkipAdapter:
     """A diffusers ``UNet2DModel``/``UNet2DConditionModel`` with its scheduler: a pipeline folder (``unet/``,
-    ``scheduler/``), a model folder (``config.json`` [+ ``scheduler_config.json``]), or a hub id (online)."""
+    ``scheduler/``; with ``vae/`` or ``vqvae/`` a latent model whose samples are decoded), a model folder
+    (``config.json`` [+ ``scheduler_config.json``]), or a hub id (online)."""
     from skipsearch.models.diffusers_adapter import DiffusersAdapter, _require_diffusers
     diffusers = _require_diffusers()
     folder = Path(target).expanduser()
@@ -335,6 +382,9 @@ def load_diffusers(target: str, *, name: str | None = None, file: ModelFile | No
         subfolder = "unet"
     elif not local and (target.count("/") != 1 or target.startswith(("/", ".", "~"))):
         raise ModelError(f"diffusers model {target!r}: no such folder (a hub id looks like 'org/name')")
+    elif not local and offline:
+        raise ModelError(f"diffusers model {target!r}: not a local folder and skipsearch is offline; download it "
+                         "once online or give a local folder")
     try:
         config_path = (folder / (subfolder or "") / "config.json") if local else None
         class_name = json.loads(read_user_text(config_path, "diffusers config")).get("_class_name") \
@@ -359,7 +409,12 @@ def load_diffusers(target: str, *, name: str | None = None, file: ModelFile | No
     if parametrization is not None:
         adapter.parametrization = parametrization
         adapter.sigma_min, adapter.sigma_max = parametrization.sigma_min, parametrization.sigma_max
-    if adapter.img_shape == (1, 28, 28):
+    autoencoder = latent_pipeline_part(folder) if local and subfolder else None
+    if autoencoder is not None and (file is None or file.latent is None):
+        from skipsearch.models.latent import attach_decoder, load_latent_decoder
+        decoder = load_latent_decoder(f"diffusers:{autoencoder}", latent_shape=tuple(adapter.img_shape))
+        attach_decoder(adapter, decoder)
+    if adapter.pixel_shape == (1, 28, 28):
         adapter.dataset = "mnist"
     return adapter
 
@@ -422,6 +477,27 @@ def _bundled_ddpm(request: LoadRequest) -> SkipAdapter:
     return load_diffusers(str(BUNDLED_DDPM), name="ddpm-mnist")
 
 
+def _bundled_cd(request: LoadRequest) -> SkipAdapter:
+    from skipsearch.models.checkpoints import file_sha256
+    from skipsearch.models.consistency import CD_WEIGHTS, load_consistency_network
+    path = request.checkpoint or CD_WEIGHTS
+    if not path.is_file():
+        raise ModelError(f"the consistency-distilled model is missing ({path}); run 'python "
+                         "scripts/train_cd_mnist.py'")
+    adapter = EDMAdapter(load_consistency_network(path), "cd-edm", weights_sha256=file_sha256(path))
+    adapter.dataset = "mnist"
+    return adapter
+
+
+def _bundled_ldm(request: LoadRequest) -> SkipAdapter:
+    if request.checkpoint is not None:
+        raise ModelError("ldm-mnist is a diffusers folder; use --model diffusers:DIR for other weights")
+    if not (BUNDLED_LDM / "unet").is_dir():
+        raise ModelError(f"the bundled latent model is missing ({BUNDLED_LDM}); run 'python "
+                         "scripts/train_ldm_mnist.py'")
+    return load_diffusers(str(BUNDLED_LDM), name="ldm-mnist")
+
+
 def _preset_loader(preset: Any) -> Callable[[LoadRequest], SkipAdapter]:
     def load(request: LoadRequest) -> SkipAdapter:
         from skipsearch.models.checkpoints import CheckpointError, resolve_checkpoint
@@ -435,6 +511,23 @@ def _preset_loader(preset: Any) -> Callable[[LoadRequest], SkipAdapter]:
     return load
 
 
+def _edm2_preset_loader(preset: Any) -> Callable[[LoadRequest], SkipAdapter]:
+    def load(request: LoadRequest) -> SkipAdapter:
+        from skipsearch.models.checkpoints import CheckpointError
+        from skipsearch.models.checkpoints.edm2_presets import check_preset_network, edm2_checkpoint
+        from skipsearch.models.edm2 import attach_sd_vae, sd_vae_source
+        try:
+            path = edm2_checkpoint(preset, request.checkpoint, request.settings.cache)
+            adapter = edm_adapter(path, preset.name, trust_pickle=request.trust_pickle, dataset=preset.dataset)
+            check_preset_network(preset, adapter.net, str(path))
+        except CheckpointError as exc:
+            raise ModelError(str(exc)) from None
+        if preset.vae is None:
+            return adapter
+        return attach_sd_vae(adapter, sd_vae_source(preset, request.settings), offline=request.settings.offline)
+    return load
+
+
 def _register_builtin() -> None:
     from skipsearch.models.checkpoints import PRESETS
     MODELS.register("edm", ModelEntry("edm", "bundled EDM (SongUNet) trained by skipsearch on MNIST 28x28, "
@@ -442,9 +535,20 @@ def _register_builtin() -> None:
     MODELS.register("ddpm-mnist", ModelEntry("ddpm-mnist", "bundled diffusers UNet2DModel DDPM (epsilon, linear "
                                                            "beta, T=1000) trained by skipsearch on MNIST", 6,
                                              "package data (offline)", _bundled_ddpm))
+    MODELS.register("ldm-mnist", ModelEntry("ldm-mnist", "bundled latent diffusion: diffusers AutoencoderKL "
+                                                         "(28x28x1 -> 7x7x4) + latent UNet2DModel DDPM, trained by "
+                                                         "skipsearch on MNIST", 3, "package data (offline)",
+                                            _bundled_ldm))
+    MODELS.register("cd-edm", ModelEntry("cd-edm", "bundled consistency model: the edm model distilled by "
+                                                   "consistency distillation (1-2 NFE; onestep / multistep)", 9,
+                                         "package data (offline)", _bundled_cd))
     for preset in PRESETS.values():
         MODELS.register(preset.name, ModelEntry(preset.name, preset.description, preset.num_skip_points,
                                                 preset.url or "local file", _preset_loader(preset)))
+    from skipsearch.models.checkpoints.edm2_presets import EDM2_PRESETS
+    for preset in EDM2_PRESETS.values():
+        MODELS.register(preset.name, ModelEntry(preset.name, preset.description, preset.num_skip_points,
+                                                "your file (--checkpoint PATH)", _edm2_preset_loader(preset)))
 
 
 def _registry() -> Registry[ModelEntry]:
@@ -502,13 +606,15 @@ def load_model(spec: str = "edm", *, checkpoint: str | os.PathLike | None = None
     elif kind == "diffusers":
         if checkpoint is not None:
             raise ModelError("--checkpoint does not apply to diffusers:DIR (the folder holds the weights)")
-        adapter = load_diffusers(spec.removeprefix("diffusers:"))
+        adapter = load_diffusers(spec.removeprefix("diffusers:"), offline=settings.offline)
     else:
         if checkpoint is not None:
             raise ModelError("--checkpoint does not apply to a factory spec; write a model file with weights = ...")
         adapter = _load_factory(spec, request)
     from skipsearch.device import prepare_module
     prepare_module(adapter.net, torch.device(device))
+    if adapter.latent_decoder is not None:
+        adapter.latent_decoder.to(device)
     if settings.batch_calibration:
         adapter.batch_calibration = BatchCalibration(settings.cache)
     return adapter

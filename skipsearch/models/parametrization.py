@@ -172,19 +172,41 @@ def alphas_cumprod_for(schedule: str, *, beta_start: float = 1e-4, beta_end: flo
 _VP_BETA_D, _VP_BETA_MIN, _VP_M = 19.9, 0.1, 1000
 
 
+# How a consistency network was trained to see sigma: EDM's ln(sigma)/4 (a student distilled from an EDM network),
+# or the consistency-models repository's rescaled time 1000 * 0.25 * ln(sigma + 1e-44).
+CONSISTENCY_NOISE = ("edm", "cm")
+
+
+def consistency_coefficients(s: torch.Tensor, sigma_min: float, sigma_data: float,
+                             c_noise: str = "edm") -> tuple[torch.Tensor, ...]:
+    """(c_skip, c_out, c_in, c_noise) of a consistency function (Song et al. 2023): f(x, sigma_min) = x exactly."""
+    sd2 = sigma_data**2
+    c_skip = sd2 / ((s - sigma_min) ** 2 + sd2)
+    c_out = (s - sigma_min) * sigma_data / (s * s + sd2).sqrt()
+    c_in = 1 / (s * s + sd2).sqrt()
+    noise = s.log() / 4 if c_noise == "edm" else 250 * (s + 1e-44).log()
+    return c_skip, c_out, c_in, noise
+
+
 class PreconditionedParametrization(DataParametrization):
-    """A raw network F(c_in x, c_noise) wrapped as D = c_skip x + c_out F (EDM, VP or VE preconditioning)."""
+    """A raw network F(c_in x, c_noise) wrapped as D = c_skip x + c_out F (EDM, VP, VE or consistency
+    preconditioning; ``c_noise`` says how a consistency network sees sigma, see ``CONSISTENCY_NOISE``)."""
 
-    KINDS = ("edm", "vp", "ve")
+    KINDS = ("edm", "vp", "ve", "consistency")
 
-    def __init__(self, kind: str, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
+    def __init__(self, kind: str, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5,
+                 c_noise: str = "edm"):
         if kind not in self.KINDS:
             raise ValueError(f"unknown preconditioning {kind!r}; use {', '.join(self.KINDS)}")
+        if c_noise not in CONSISTENCY_NOISE:
+            raise ValueError(f"unknown c_noise {c_noise!r}; use {', '.join(CONSISTENCY_NOISE)}")
         super().__init__(sigma_min, sigma_max)
-        self.kind, self.sigma_data = kind, float(sigma_data)
+        self.kind, self.sigma_data, self.c_noise = kind, float(sigma_data), c_noise
 
     def coefficients(self, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(c_skip, c_out, c_in, c_noise) for sigma ``s`` of shape [B, 1, 1, 1]."""
+        if self.kind == "consistency":
+            return consistency_coefficients(s, self.sigma_min, self.sigma_data, self.c_noise)
         if self.kind == "edm":
             sd2 = self.sigma_data**2
             c_skip = sd2 / (s * s + sd2)
@@ -197,7 +219,45 @@ class PreconditionedParametrization(DataParametrization):
         return torch.ones_like(s), s, torch.ones_like(s), (0.5 * s).log()
 
     def denoise(self, fn: ModelFn, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        s = _batch_sigma(sigma, x).to(torch.float64)
+        s = _batch_sigma(sigma, x)
+        if self.kind != "consistency":  # consistency scalings stay in x's dtype: f(x, sigma_min) = x bit for bit
+            s = s.to(torch.float64)
         c_skip, c_out, c_in, c_noise = (c.to(x.dtype) for c in self.coefficients(s.reshape(-1, 1, 1, 1)))
         out = fn(c_in * x, c_noise.reshape(-1)).to(x.dtype)
         return c_skip * x + c_out * out
+
+
+class ConsistencyNetwork(torch.nn.Module):
+    """A raw UNet ``model(x, c_noise, class_labels=...)`` (EDM's SongUNet/DhariwalUNet) as a consistency function
+    f(x, sigma) with EDM's call ``net(x, sigma, class_labels)``; ``model`` keeps EDM's name, so an EDM network's
+    state dict loads into it and EDM's skip points (``model.dec.*``) are found as for any EDM network."""
+
+    kind = "consistency"
+
+    def __init__(self, model: torch.nn.Module, *, img_resolution: int, img_channels: int, label_dim: int = 0,
+                 sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5, c_noise: str = "edm"):
+        super().__init__()
+        self.model = model
+        self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
+        self.parametrization = PreconditionedParametrization("consistency", sigma_min, sigma_max, sigma_data, c_noise)
+        self.sigma_min, self.sigma_max, self.sigma_data = float(sigma_min), float(sigma_max), float(sigma_data)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """f(x, sigma) in the network's dtype (float32, as EDM's networks run). The scalings are computed in that
+        dtype too, so a sigma_min given in it gives c_out = 0 exactly: f(x, sigma_min) = x bit for bit."""
+        labels = None if self.label_dim == 0 else class_labels
+
+        def raw(x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+            return self.model(x_in, c_noise, class_labels=labels)[:, : self.img_channels]
+
+        return self.parametrization.denoise(raw, x.to(next(self.model.parameters()).dtype), sigma)
+
+
+def is_consistency_model(adapter: object) -> bool:
+    """Whether an adapter's denoiser is a consistency function (sampled by onestep/multistep, not by ODE solvers):
+    its parametrisation (model files) or its network (EDM-style networks) says so."""
+    for holder in (getattr(adapter, "parametrization", None), getattr(adapter, "net", None)):
+        if getattr(holder, "kind", None) == "consistency":
+            return True
+    return False

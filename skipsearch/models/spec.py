@@ -20,7 +20,8 @@ Model file schema (every field but ``model.name`` and one way to build the netwo
                                      # factory is imported and called (for 'from net.base import ...')
     [model.kwargs]                   # keyword arguments of the factory
     [parametrization]
-    type = "epsilon"                 # epsilon | v_prediction | sample (discrete VP); denoiser | edm | vp | ve
+    type = "epsilon"                 # epsilon | v_prediction | sample (discrete VP); denoiser | edm | vp | ve |
+                                     # consistency (f(x, sigma_min) = x; sampled by onestep / multistep)
     beta_schedule = "linear"         # linear | scaled_linear | squaredcos_cap_v2 (cosine) | given
     beta_start = 1e-4
     beta_end = 0.02
@@ -28,7 +29,9 @@ Model file schema (every field but ``model.name`` and one way to build the netwo
     alphas_cumprod = [...]           # with beta_schedule = "given": a list, or a .npy file
     sigma_min = 0.002                # continuous types
     sigma_max = 80.0
-    sigma_data = 0.5                 # edm
+    sigma_data = 0.5                 # edm, consistency
+    c_noise = "edm"                  # consistency: how the network sees sigma, edm (ln sigma / 4) or cm
+                                     # (1000 * 0.25 * ln(sigma + 1e-44), the consistency-models repository)
     [data]
     range = [-1, 1]                  # or mean = [...] and std = [...] per channel
     shape = [1, 28, 28]
@@ -39,8 +42,16 @@ Model file schema (every field but ``model.name`` and one way to build the netwo
     labels = "none"                  # none | one_hot | index
     [skips]
     detect = "auto"                  # auto: every concatenation of an encoder tensor; declared: consumers below
+                                     # (4-D maps along channels, or [N, L, D] tokens along features as in U-ViT)
     consumers = []                   # declared: modules whose input is exactly the concatenation
     exclude = []                     # auto: concatenation indices (see 'skipsearch skip-points') to leave alone
+    [latent]                         # a latent model: the sampler draws latents, the proxy sees decoded images
+    decoder = "diffusers:vae"        # diffusers AutoencoderKL/VQModel folder (relative to this file) or
+                                     # module:callable (a LatentDecoder, an autoencoder module or a callable)
+    scaling_factor = 0.18215         # latents = (encode(x) - shift) * scaling_factor; default: the VAE config's
+    shift = 0.0                      # default: the VAE config's shift_factor, else 0
+    shape = [4, 32, 32]              # the latent shape (the sampler's state); default: the UNet's
+    pixel_shape = [3, 256, 256]      # what the proxy sees; default: from the VAE config
 """
 
 from __future__ import annotations
@@ -54,7 +65,8 @@ from typing import Any
 from skipsearch.models.errors import ModelError
 
 DISCRETE_TYPES = ("epsilon", "v_prediction", "sample")
-CONTINUOUS_TYPES = ("denoiser", "edm", "vp", "ve")
+CONTINUOUS_TYPES = ("denoiser", "edm", "vp", "ve", "consistency")
+CONSISTENCY_NOISE = ("edm", "cm")  # as skipsearch.models.parametrization (which needs torch)
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "given")
 TIME_FORMS = ("timestep", "timestep_float", "scaled", "sigma", "c_noise")
 TIME_SHAPES = ("N", "N1")
@@ -63,10 +75,11 @@ _SECTIONS = {
     "model": {"name", "description", "dataset", "factory", "diffusers", "edm", "weights", "weights_key",
               "weights_prefix", "path", "kwargs"},
     "parametrization": {"type", "beta_schedule", "beta_start", "beta_end", "num_timesteps", "alphas_cumprod",
-                        "sigma_min", "sigma_max", "sigma_data"},
+                        "sigma_min", "sigma_max", "sigma_data", "c_noise"},
     "data": {"range", "mean", "std", "shape", "label_dim"},
     "call": {"time", "time_shape", "labels"},
     "skips": {"detect", "consumers", "exclude"},
+    "latent": {"decoder", "scaling_factor", "shift", "shape", "pixel_shape"},
 }
 
 
@@ -81,6 +94,7 @@ class Parametrization:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     sigma_data: float = 0.5
+    c_noise: str = "edm"
 
     @property
     def discrete(self) -> bool:
@@ -111,6 +125,17 @@ class SkipsSpec:
 
 
 @dataclass(frozen=True)
+class LatentSpec:
+    """The ``[latent]`` section: the autoencoder that decodes a latent model's samples."""
+
+    decoder: str
+    scaling_factor: float | None = None
+    shift: float | None = None
+    shape: tuple[int, int, int] | None = None
+    pixel_shape: tuple[int, int, int] | None = None
+
+
+@dataclass(frozen=True)
 class ModelFile:
     """A parsed model file; ``folder`` resolves its relative paths."""
 
@@ -131,6 +156,7 @@ class ModelFile:
     data: DataSpec = DataSpec()
     call: CallSpec = CallSpec()
     skips: SkipsSpec = SkipsSpec()
+    latent: LatentSpec | None = None
     given: frozenset[str] = frozenset()  # "section.field" names present in the file
 
     def path(self, relative: str) -> Path:
@@ -139,11 +165,14 @@ class ModelFile:
 
     def digest(self) -> str:
         """Everything in the file that changes outputs except the weights themselves (their sha256 is separate)."""
-        parts = {"parametrization": asdict(self.parametrization), "data": asdict(self.data),
+        parametrization = asdict(self.parametrization)
+        if self.parametrization.type != "consistency":
+            parametrization.pop("c_noise")  # only consistency models read it (older digests hold)
+        parts = {"parametrization": parametrization, "data": asdict(self.data),
                  "call": asdict(self.call), "skips": asdict(self.skips), "kwargs": self.kwargs}
-        for key in ("weights_key", "weights_prefix"):  # which tensors of the file; only when set (older digests hold)
+        for key in ("weights_key", "weights_prefix", "latent"):  # only when set (older digests hold)
             if getattr(self, key):
-                parts[key] = getattr(self, key)
+                parts[key] = asdict(self.latent) if key == "latent" else getattr(self, key)
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -222,7 +251,8 @@ def parse_model_file(path: str | Path) -> ModelFile:
                      weights=model.get("weights"), kwargs=kwargs, weights_key=model.get("weights_key") or None,
                      weights_prefix=model.get("weights_prefix") or None, import_paths=tuple(paths),
                      parametrization=parametrization, data=_data(source, data.get("data", {})), call=call,
-                     skips=_skips(source, data.get("skips", {})), given=given)
+                     skips=_skips(source, data.get("skips", {})), latent=_latent(source, data.get("latent")),
+                     given=given)
 
 
 def _number(source: str, where: str, value: Any, positive: bool = True) -> float:
@@ -236,6 +266,8 @@ def _parametrization(source: str, p: dict[str, Any]) -> Parametrization:
     kind = _choice(source, "[parametrization] type", p.get("type", "epsilon"), DISCRETE_TYPES + CONTINUOUS_TYPES)
     schedule = _choice(source, "[parametrization] beta_schedule", p.get("beta_schedule", "linear"), BETA_SCHEDULES)
     values: dict[str, Any] = {"type": kind, "beta_schedule": schedule}
+    if "c_noise" in p:
+        values["c_noise"] = _choice(source, "[parametrization] c_noise", p["c_noise"], CONSISTENCY_NOISE)
     for key in ("beta_start", "beta_end", "sigma_min", "sigma_max", "sigma_data"):
         if key in p:
             values[key] = _number(source, f"[parametrization] {key}", p[key])
@@ -313,6 +345,34 @@ def _skips(source: str, s: dict[str, Any]) -> SkipsSpec:
     if detect == "declared" and not consumers:
         raise _fail(source, "[skips] detect = 'declared' needs consumers = [...] (module names)")
     return SkipsSpec(detect=detect, consumers=tuple(consumers), exclude=tuple(exclude))
+
+
+def _shape(source: str, where: str, shape: Any) -> tuple[int, int, int]:
+    if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                 and v > 0 for v in shape):
+        raise _fail(source, f"{where} must be [channels, height, width], got {shape!r}")
+    return tuple(shape)  # type: ignore[return-value]
+
+
+def _latent(source: str, section: dict[str, Any] | None) -> LatentSpec | None:
+    if section is None:
+        return None
+    decoder = section.get("decoder")
+    if not isinstance(decoder, str) or not (decoder.startswith("diffusers:") or ":" in decoder):
+        raise _fail(source, f"[latent] decoder must be 'diffusers:DIR' or a factory 'module:callable', got "
+                            f"{decoder!r}")
+    values: dict[str, Any] = {"decoder": decoder}
+    if "scaling_factor" in section:
+        values["scaling_factor"] = _number(source, "[latent] scaling_factor", section["scaling_factor"])
+    if "shift" in section:
+        values["shift"] = _number(source, "[latent] shift", section["shift"], positive=False)
+    for key in ("scaling_factor", "shift"):
+        if key in values and not -1e30 < values[key] < 1e30:  # inf and nan: TOML can spell them
+            raise _fail(source, f"[latent] {key} must be a finite number, got {values[key]}")
+    for key in ("shape", "pixel_shape"):
+        if key in section:
+            values[key] = _shape(source, f"[latent] {key}", section[key])
+    return LatentSpec(**values)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def reference_features(extractor: FeatureExtractor, dataset: str, split: str, ca
         images = load_dataset(spec.text, split, settings)
     else:
         images = load_images(spec, split, settings=settings, adapter=adapter,
-                             shape=None if adapter is None else tuple(adapter.img_shape), resize=resize)
+                             shape=None if adapter is None else tuple(adapter.pixel_shape), resize=resize)
     index = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:n]
     features = extractor(images[index]).double().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)

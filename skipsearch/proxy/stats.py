@@ -225,7 +225,7 @@ def source_cache_key(spec: DatasetSpec, split: str, extractor: FeatureExtractor,
     adds the extractor and its weights, so each of them is a key part."""
     import hashlib
     if shape is None and adapter is not None:
-        shape = tuple(adapter.img_shape)
+        shape = tuple(adapter.pixel_shape)
     fingerprint = spec.fingerprint(split, adapter)
     split_part = split if spec.kind == "torchvision" else ""
     shape_part = "x".join(map(str, shape)) if shape is not None else "any"
@@ -245,7 +245,7 @@ def _source_reference_stats(spec: DatasetSpec, split: str, extractor: FeatureExt
         stats = load_stats_spec(spec, extractor)
         return RefStats(stats, "file", spec.path)
     if shape is None and adapter is not None:
-        shape = tuple(adapter.img_shape)
+        shape = tuple(adapter.pixel_shape)
     if resize is not None and shape is None:
         raise ProxyConfigError(f"data set {spec.text}: resize needs the model's shape (pass --model)")
     path, key = source_cache_key(spec, split, extractor, cache=cache, adapter=adapter, shape=shape, resize=resize)

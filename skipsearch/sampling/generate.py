@@ -14,11 +14,19 @@ from skipsearch.device import autocast
 from skipsearch.errors import SkipsearchError
 from skipsearch.inputs import check_memory
 from skipsearch.models.adapter import SkipAdapter
+from skipsearch.models.parametrization import is_consistency_model
 from skipsearch.sampling.batching import batch_size_for
 from skipsearch.sampling.errors import DegenerateOutputError, NonFiniteOutputError
 from skipsearch.sampling.grids import grid_sigmas, sampling_sigmas
 from skipsearch.sampling.noise import SeededNoise
-from skipsearch.sampling.samplers import get_sampler, sample, steps_for_nfe
+from skipsearch.sampling.samplers import (
+    CONSISTENCY,
+    DIFFUSION,
+    check_sampler_for_model,
+    get_sampler,
+    sample,
+    steps_for_nfe,
+)
 from skipsearch.schedule import Churn, SkipSchedule
 from skipsearch.schedule.batch import ScheduleBatch
 
@@ -63,9 +71,11 @@ class GenerateResult:
 
 
 def untuned_images(adapter: SkipAdapter, n: int = 8) -> tuple[torch.Tensor, str]:
-    """``n`` rho = 1 images at a moderate NFE (DDIM 10 for a discrete-time model, Heun 9 otherwise) and the recipe
-    in words: what ``check-model`` looks at (:func:`skipsearch.models.check.check_images`)."""
-    sampler, nfe = ("ddim", 10) if adapter.timestep_sigmas is not None else ("heun", 9)
+    """``n`` rho = 1 images at a moderate NFE (DDIM 10 for a discrete-time model, one step for a consistency model,
+    Heun 9 otherwise) and the recipe in words: what ``check-model`` looks at
+    (:func:`skipsearch.models.check.check_images`)."""
+    sampler, nfe = ("ddim", 10) if adapter.timestep_sigmas is not None else \
+        ("onestep", 1) if is_consistency_model(adapter) else ("heun", 9)
     return generate(adapter, sampler=sampler, nfe=nfe, seeds=list(range(n))).images, f"{sampler}, NFE {nfe}"
 
 
@@ -96,6 +106,7 @@ def generate_many(adapter: SkipAdapter, schedules: Sequence[SkipSchedule | None]
     grid (``SkipSchedule.grid``; None: the sampler's default grid) is used.
     """
     device = adapter.device
+    check_sampler_for_model(sampler, CONSISTENCY if is_consistency_model(adapter) else DIFFUSION, adapter.name)
     if churn is None:
         churns = {(s.churn if s is not None else Churn()) for s in schedules}
         if len(churns) != 1:
@@ -108,7 +119,7 @@ def generate_many(adapter: SkipAdapter, schedules: Sequence[SkipSchedule | None]
     if not get_sampler(sampler).stochastic and churn.s_churn == 0:
         churn = Churn()
     # The uint8 images of every schedule are kept, and the seeds as a list: refuse what cannot fit before starting.
-    check_memory(len(seeds) * (len(schedules) * math.prod(adapter.img_shape) + 36),
+    check_memory(len(seeds) * (len(schedules) * math.prod(adapter.pixel_shape) + 36),
                  f"sampling {len(seeds)} images x {len(schedules)} schedule(s)", "sample fewer images")
     batch_size = batch_size or batch_size_for(adapter, precision)  # measured once per model and device
     discrete = adapter.timestep_sigmas is not None
@@ -186,7 +197,7 @@ def schedule_sigmas(adapter: SkipAdapter, schedule: SkipSchedule | None, *, samp
     nfe = nfe or (schedule.nfe if schedule is not None and schedule.nfe else None)
     if nfe is None:
         raise ValueError("schedule_sigmas: the schedule names no NFE; pass nfe=")
-    steps = steps_for_nfe(sampler, nfe)
+    steps = get_sampler(sampler).grid_steps(steps_for_nfe(sampler, nfe))
     if schedule is not None and schedule.grid is not None:
         return grid_sigmas(schedule.grid, steps, sigma_min=adapter.sigma_min, sigma_max=adapter.sigma_max,
                            round_sigma=adapter.round_sigma, device=adapter.device)
@@ -197,15 +208,25 @@ def schedule_sigmas(adapter: SkipAdapter, schedule: SkipSchedule | None, *, samp
 
 def _check_images(x: torch.Tensor, seeds: list[int], sampler: str, nfe: int,
                   adapter: SkipAdapter) -> torch.Tensor | SkipsearchError:
-    """The uint8 images of one schedule's rows, or why they cannot be scored."""
-    finite = torch.isfinite(x).flatten(1).all(1)
-    if not bool(finite.all()):
-        bad = [s for s, ok in zip(seeds, finite) if not ok]
-        return NonFiniteOutputError(f"non-finite images for seeds {bad[:5]} (sampler {sampler}, NFE {nfe}); the "
-                                    "schedule is outside the model's stable range")
+    """The uint8 images of one schedule's rows (a latent model's decoded first), or why they cannot be scored."""
+    failure = _non_finite(x, seeds, sampler, nfe, "latents" if adapter.latent_decoder is not None else "images")
+    if failure is None and adapter.latent_decoder is not None:
+        x = adapter.latent_decoder.decode_batched(x, check=False)  # the one place samples become images
+        failure = _non_finite(x, seeds, sampler, nfe, "decoded images")
+    if failure is not None:
+        return failure
     images = adapter.data_range.to_uint8(x.float()).cpu()
     reason = degenerate_reason(x, images, adapter.data_range)
     if reason is not None:
         return DegenerateOutputError(f"{reason} (sampler {sampler}, NFE {nfe}, seeds {seeds[0]}..{seeds[-1]}); the "
                                      "schedule breaks the model")
     return images
+
+
+def _non_finite(x: torch.Tensor, seeds: list[int], sampler: str, nfe: int, what: str) -> SkipsearchError | None:
+    finite = torch.isfinite(x).flatten(1).all(1)
+    if bool(finite.all()):
+        return None
+    bad = [s for s, ok in zip(seeds, finite) if not ok]
+    return NonFiniteOutputError(f"non-finite {what} for seeds {bad[:5]} (sampler {sampler}, NFE {nfe}); the schedule "
+                                "is outside the model's stable range")

@@ -8,6 +8,10 @@ cast to float64. ``SampleResult.nfe`` counts the calls actually made; it is neve
 The VE parametrisation is used throughout: alpha_t = 1, sigma_t = sigma, lambda = -ln sigma, and the denoiser is the
 data prediction, so the exponential-integrator samplers (DPM-Solver++(2M), UniPC) use their data-prediction updates.
 Written from the published algorithms (EDM Alg. 2, DPM-Solver++, UniPC); no code is copied from EDM.
+
+``onestep`` and ``multistep`` sample consistency models (Song et al. 2023): their "denoiser" is the consistency
+function f(x, sigma), which maps any point of a trajectory to its end. ``SamplerSpec.models`` keeps each kind of
+sampler to its kind of model.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from skipsearch.schedule import Churn, TimeGrid
 from skipsearch.schedule.limits import MAX_NFE
 
 __all__ = [
+    "CONSISTENCY",
+    "DIFFUSION",
     "Denoiser",
     "GridError",
     "NFEError",
@@ -39,6 +45,7 @@ __all__ = [
     "SamplerSpec",
     "SeededNoise",
     "UnknownSamplerError",
+    "check_sampler_for_model",
     "check_sampler_options",
     "get_sampler",
     "karras_sigmas",
@@ -47,6 +54,8 @@ __all__ = [
     "sample_dpmpp_2m",
     "sample_euler",
     "sample_heun",
+    "sample_multistep",
+    "sample_onestep",
     "sample_unipc",
     "sampler_option_types",
     "steps_for_nfe",
@@ -303,10 +312,69 @@ def sample_unipc(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, n
     return SampleResult(x, model.calls)
 
 
+def _knot_sigmas(knots: str, knot_steps: int, knot_rho: float, sigma_min: float, sigma_max: float) -> list[float]:
+    """Consistency models' published sigma lists: indices (``"0,22,39"``) into a Karras grid of ``knot_steps``
+    levels from sigma_max (index 0) to sigma_min (index knot_steps - 1)."""
+    try:
+        indices = [int(part) for part in knots.split(",")]
+    except ValueError:
+        raise SamplerOptionError(f"multistep knots must be comma-separated integers like '0,22,39', got {knots!r}") \
+            from None
+    if len(indices) < 2 or indices != sorted(set(indices)) or indices[0] < 0 or indices[-1] >= knot_steps:
+        raise SamplerOptionError(f"multistep knots {knots!r} must be at least 2 increasing indices in "
+                                 f"[0, {knot_steps - 1}] (knot_steps = {knot_steps})")
+    levels = karras_sigmas(knot_steps, sigma_min, sigma_max, knot_rho)[:-1].tolist()
+    return [levels[i] for i in indices]
+
+
+def sample_onestep(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, noise: SeededNoise | None = None,
+                   churn: Churn = Churn()) -> SampleResult:
+    """A consistency model's one-step sample x = f(x, sigma_max) (Song et al. 2023, Alg. 1 with one step). NFE 1."""
+    _reject_churn(churn, "onestep")
+    x, s = _start(x, sigmas, strict=True)
+    model = _CountingDenoiser(denoiser)
+    return SampleResult(model(x, s[0]), model.calls)
+
+
+def sample_multistep(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, noise: SeededNoise | None = None,
+                     churn: Churn = Churn(), knots: str = "", knot_steps: int = 40,
+                     knot_rho: float = 7.0) -> SampleResult:
+    """A consistency model's multistep ("stochastic iterative") sampling (Song et al. 2023, Alg. 1).
+
+    The positive sigmas are the points; the last one is the model's sigma_min, where f is the identity, so it is
+    not evaluated: at each other point x0 = f(x, sigma_i), then x = x0 + sqrt(sigma_{i+1}^2 - sigma_min^2) z with
+    fresh seeded noise; the sample is the last x0. NFE = points - 1. ``knots`` replaces the grid's points with
+    indices into a Karras grid of ``knot_steps`` levels over the same range (CD ImageNet-64: ``"0,22,39"``, 40).
+    """
+    _reject_churn(churn, "multistep")
+    x, s = _start(x, sigmas, strict=True)
+    points = [v for v in s if v > 0]
+    if len(points) < 2:
+        raise ValueError("multistep needs at least 2 positive sigmas: the points and the sigma_min it lands on")
+    if knots:
+        chosen = _knot_sigmas(knots, knot_steps, knot_rho, points[-1], points[0])
+        if len(chosen) != len(points):
+            raise SamplerOptionError(f"multistep knots {knots!r} evaluate {len(chosen) - 1} sigma point(s); use "
+                                     f"--nfe {len(chosen) - 1}")
+        points = chosen
+    _require_noise(noise, len(points) > 2, "multistep")
+    model = _CountingDenoiser(denoiser)
+    sigma_min = points[-1]
+    for i, sigma in enumerate(points[:-1]):
+        x0 = model(x, sigma)
+        if i + 2 < len(points):
+            assert noise is not None
+            x = x0 + math.sqrt(max(points[i + 1] ** 2 - sigma_min**2, 0.0)) * noise.randn_like(x0)
+    return SampleResult(x0, model.calls)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Registry and NFE budgeting
 
 SamplerFn = Callable[..., SampleResult]
+# What a sampler's denoiser is: a diffusion model's D(x, sigma), for ODE/SDE solvers, or a consistency function
+# f(x, sigma), which jumps to the data at once; neither kind of sampler makes sense on the other kind of model.
+DIFFUSION, CONSISTENCY = "diffusion", "consistency"
 
 
 def _nfe_one_per_step(steps: int) -> int:
@@ -391,6 +459,15 @@ class SamplerSpec:
     nfe_formula: str = "steps"
     steps_of_nfe: Callable[[int], int] = _steps_one_per_step
     options: Mapping[str, SamplerOption] = field(default_factory=dict, hash=False)
+    models: str = DIFFUSION  # the denoisers it is for: DIFFUSION (D(x, sigma)) or CONSISTENCY (f(x, sigma))
+    max_steps: int | None = None  # onestep: 1
+    # The grid gets one more point than the steps: where the last step lands (a consistency model's sigma_min,
+    # where f is the identity), never evaluated.
+    landing_point: bool = False
+
+    def grid_steps(self, steps: int) -> int:
+        """The sigma grid's points (before its final 0) for ``steps`` steps."""
+        return steps + int(self.landing_point)
 
     def searched_options(self) -> dict[str, SamplerOption]:
         """The options a '+sampler' space searches, in the order it suggests them."""
@@ -421,6 +498,15 @@ for _spec in (
     # Not "stochastic": no EDM churn is searched for DDIM; its own noise (eta) is an option, 0 = deterministic.
     SamplerSpec("ddim", sample_ddim, False, _nfe_one_per_step, "DDIM in sigma form (option eta; eta=0 is Euler)",
                 options={"eta": SamplerOption(float, 0.0, low=0.0, search=(0.0, 1.0))}),
+    # Consistency models: their noise is part of the sampler, not EDM churn, so not "stochastic" either.
+    SamplerSpec("onestep", sample_onestep, False, _nfe_one_per_step, "consistency model, one step f(x, sigma_max)",
+                "1", models=CONSISTENCY, max_steps=1),
+    SamplerSpec("multistep", sample_multistep, False, _nfe_one_per_step,
+                "consistency model, multistep (options: knots '0,22,39' into a Karras grid of knot_steps)",
+                "steps (sigma points evaluated)", models=CONSISTENCY, landing_point=True,
+                options={"knots": SamplerOption(str, ""),
+                         "knot_steps": SamplerOption(int, 40, low=2),
+                         "knot_rho": SamplerOption(float, 7.0, low=0.0, low_open=True)}),
 ):
     SAMPLERS.register(_spec.name, _spec)
 del _spec
@@ -483,17 +569,34 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
     if budget > MAX_NFE:
         raise NFEError(f"NFE must be at most {MAX_NFE} denoiser calls per image, got {budget}")
     steps = max(1, spec.steps_of_nfe(budget))  # computed, not searched: a huge budget must not hang
-    if spec.nfe_of_steps(steps) == budget:
+    if spec.max_steps is not None and steps > spec.max_steps:
+        steps = spec.max_steps + 1  # the nearest budget is the largest it can spend
+    elif spec.nfe_of_steps(steps) == budget:
         return steps
-    options = [spec.nfe_of_steps(n) for n in (steps - 1, steps) if n >= 1]
+    options = [spec.nfe_of_steps(n) for n in (steps - 1, steps) if n >= 1 and n <= (spec.max_steps or n)]
     raise NFEError(f"{spec.name} cannot spend exactly {budget} denoiser calls (NFE = {spec.nfe_formula}): use "
-                   + " or ".join(f"--nfe {value}" for value in options), samplers_for_nfe(budget))
+                   + " or ".join(f"--nfe {value}" for value in options), samplers_for_nfe(budget, spec.models))
 
 
-def samplers_for_nfe(nfe: int) -> tuple[str, ...]:
-    """The registered samplers that can spend exactly ``nfe`` denoiser calls."""
+def samplers_for_nfe(nfe: int, models: str | None = DIFFUSION) -> tuple[str, ...]:
+    """The registered samplers for ``models`` (None: any) that can spend exactly ``nfe`` denoiser calls."""
     return tuple(name for name, spec in SAMPLERS.items()
-                 if spec.nfe_of_steps(max(1, spec.steps_of_nfe(nfe))) == nfe)
+                 if spec.nfe_of_steps(max(1, spec.steps_of_nfe(nfe))) == nfe and models in (None, spec.models)
+                 and spec.steps_of_nfe(nfe) <= (spec.max_steps or nfe))
+
+
+def samplers_for_models(models: str) -> tuple[str, ...]:
+    """The registered samplers for ``models`` (DIFFUSION or CONSISTENCY)."""
+    return tuple(name for name, spec in SAMPLERS.items() if spec.models == models)
+
+
+def check_sampler_for_model(name: str, models: str, model_name: str = "the model") -> None:
+    """SamplerOptionError when sampler ``name`` is not for ``models``' kind (``SamplerSpec.models``, the one rule
+    that ``generate`` and a study's session apply, and that '+sampler' spaces filter their choices by)."""
+    spec = get_sampler(name)
+    if spec.models != models:
+        raise SamplerOptionError(f"sampler {name} is for {spec.models} models, but {model_name} is a {models} "
+                                 f"model: use --sampler {' | '.join(samplers_for_models(models))}")
 
 
 def sample(denoiser: Denoiser, x: torch.Tensor, *, sampler: str, nfe: int, sigma_min: float, sigma_max: float,
@@ -508,7 +611,7 @@ def sample(denoiser: Denoiser, x: torch.Tensor, *, sampler: str, nfe: int, sigma
     A schedule's ``grid`` (:class:`TimeGrid`) replaces ``spacing``. ``options`` go to the sampler (e.g. order, eta).
     """
     spec = get_sampler(sampler)
-    steps = steps_for_nfe(sampler, nfe)
+    steps = spec.grid_steps(steps_for_nfe(sampler, nfe))
     if grid is not None:
         sigmas = grid_sigmas(grid, steps, sigma_min=sigma_min, sigma_max=sigma_max, round_sigma=round_sigma,
                              device=x.device)

@@ -336,31 +336,39 @@ def default_study(model: str, sampler: str | None = None, nfe: int | None = None
 
 # Registered discrete-time models (their adapters have a timestep grid); tests/models/test_check_model.py checks
 # this against the loaded adapters.
-DISCRETE_MODELS = ("ddpm-mnist",)
+DISCRETE_MODELS = ("ddpm-mnist", "ldm-mnist")
 DISCRETE_TYPES = ("epsilon", "v_prediction", "sample")  # as skipsearch.models.spec (which loads torch with models)
+CONSISTENCY_MODELS = ("cd-edm",)  # registered consistency models (sampled by onestep / multistep only)
 
 
 def default_sampler(model: str) -> str:
     """The sampler used when neither a flag nor a study names one: DDIM for a discrete-time model (a registered
-    DDPM, ``diffusers:DIR``, a model file with a discrete ``[parametrization] type``), EDM's Heun otherwise.
-    Reads a model file's TOML only (no torch, no model load)."""
+    DDPM, ``diffusers:DIR``, a model file with a discrete ``[parametrization] type``), multistep (any NFE) for a
+    consistency model, EDM's Heun otherwise. Reads a model file's TOML only (no torch, no model load)."""
+    if model in CONSISTENCY_MODELS or _declared_type(model) == "consistency":
+        return "multistep"
     return "ddim" if _declared_discrete(model) else "heun"
 
 
 def _declared_discrete(model: str) -> bool:
     if model in DISCRETE_MODELS or model.startswith("diffusers:"):
         return True
+    return _declared_type(model) in DISCRETE_TYPES
+
+
+def _declared_type(model: str) -> str | None:
+    """A model file's ``[parametrization] type`` (None: not a model file, or one that loads an EDM network)."""
     if not model.endswith(".toml"):
-        return False
+        return None
     try:
         from skipsearch.inputs import read_user_toml
         data = read_user_toml(Path(model), "model file", error=StudyDefinitionError)
     except (StudyDefinitionError, OSError):
-        return False  # load_model says what is wrong with it
+        return None  # load_model says what is wrong with it
     section, parametrization = data.get("model"), data.get("parametrization", {})
     if not isinstance(section, dict) or "edm" in section or not isinstance(parametrization, dict):
-        return False
-    return parametrization.get("type", "epsilon") in DISCRETE_TYPES
+        return None
+    return parametrization.get("type", "epsilon")
 
 
 def _study_key(model: str) -> str:

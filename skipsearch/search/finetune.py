@@ -205,6 +205,9 @@ class FinetuneObjective(Objective):
     def training_images(self) -> torch.Tensor:
         if self._images is None:
             self._images = training_images(self.proxy.config.dataset, settings=self.proxy.settings)
+        if self.adapter.latent_decoder is not None:  # its UNet trains on latents, which these images are not
+            raise DatasetError(f"S²-DM fine-tuning of a latent model ({self.adapter.name}) is not supported; search "
+                               "skip schedules without --finetune")
         if tuple(self._images.shape[1:]) != tuple(self.adapter.img_shape):
             raise DatasetError(f"training images {tuple(self._images.shape[1:])} do not match the model's "
                                f"{tuple(self.adapter.img_shape)}")

@@ -19,7 +19,7 @@ from typing import Any
 
 from skipsearch.registry import Registry
 from skipsearch.sampling.grids import karras_interval_bounds, karras_sigmas
-from skipsearch.sampling.samplers import SAMPLERS, get_sampler, steps_for_nfe
+from skipsearch.sampling.samplers import DIFFUSION, SAMPLERS, get_sampler, steps_for_nfe
 from skipsearch.schedule import Churn, SkipSchedule, TimeGrid
 from skipsearch.schedule.families import linear_rho
 from skipsearch.search.definition import SpaceBounds
@@ -40,17 +40,20 @@ class SpaceContext:
     nfes: tuple[int, ...] = ()  # a multi-NFE study's NFEs (empty: one NFE)
     samplers: tuple[str, ...] = ()  # samplers a '+sampler' space chooses from (those that spend every NFE exactly)
     default_spacing: str = "karras"  # the model's own grid (discrete DDPMs: trailing timesteps), a grid part's option
+    models: str = DIFFUSION  # the model's kind (SamplerSpec.models): a '+sampler' space offers its samplers only
 
 
-def samplers_for(nfes: tuple[int, ...] | list[int]) -> tuple[str, ...]:
-    """The registered samplers that spend each of ``nfes`` exactly (heun only odd NFEs): NFE is the contract."""
+def samplers_for(nfes: tuple[int, ...] | list[int], models: str = DIFFUSION) -> tuple[str, ...]:
+    """The registered samplers for ``models`` (diffusion or consistency models) that spend each of ``nfes`` exactly
+    (heun only odd NFEs): NFE is the contract."""
     def exact(name: str, nfe: int) -> bool:
         try:
             steps_for_nfe(name, nfe)
         except ValueError:
             return False
         return True
-    return tuple(name for name in SAMPLERS if all(exact(name, nfe) for nfe in nfes))
+    return tuple(name for name, spec in SAMPLERS.items()
+                 if spec.models == models and all(exact(name, nfe) for nfe in nfes))
 
 
 GRID_RHO = (2.0, 14.0)  # Karras exponent of the '+grid' part (EDM's default 7)
@@ -278,6 +281,31 @@ class LinearInTimeSpace(SearchSpace):
         return {"direction": "decreasing", "rho_0": float(rho_bottom)}
 
 
+class _LinearInOneDirection(LinearInTimeSpace):
+    """``linear-in-time`` with its direction fixed: one study per order of rho over time, so the two orders the
+    paper's Table 10 compares (EDM decreasing, LDM and U-ViT increasing) each get the whole trial budget."""
+
+    direction = ""
+
+    def _rho(self, trial):
+        return SkipSchedule.linear_in_time(self._rho_param(trial, "rho_0"), self.ctx.num_skip_points,
+                                           direction=self.direction, sigma_min=self.ctx.sigma_min,
+                                           sigma_max=self.ctx.sigma_max)
+
+    def _linear_params(self, rho_bottom, rho_top):
+        return {"rho_0": float(rho_bottom)}
+
+
+class LinearInTimeDecreasingSpace(_LinearInOneDirection):
+    name, direction = "linear-in-time-decreasing", "decreasing"
+    description = "rho 1.0 at sigma_min falling linearly in log-sigma to rho_0 at sigma_max (EDM's order)"
+
+
+class LinearInTimeIncreasingSpace(_LinearInOneDirection):
+    name, direction = "linear-in-time-increasing", "increasing"
+    description = "rho_0 at sigma_min rising linearly in log-sigma to 1.0 at sigma_max (LDM's and U-ViT's order)"
+
+
 def sigma_profile_bounds(sigma_min: float, sigma_max: float,
                          intervals: int = SIGMA_PROFILE_INTERVALS) -> tuple[tuple[float, ...], list[float]]:
     """Interval bounds (inf, log-spaced inner bounds, 0) over [sigma_min, sigma_max] and each interval's sigma
@@ -425,6 +453,7 @@ class S2DMLinearSpace(_S2DMParams, LinearSpace):
 
 SPACES = Registry[type[SearchSpace]]("search space", UnknownSpaceError)
 for _cls in (ConstantSpace, LinearSpace, PerLevelSpace, PerLayerSpace, IntervalLinearSpace, LinearInTimeSpace,
+             LinearInTimeDecreasingSpace, LinearInTimeIncreasingSpace,
              RhoSigmaSpace, PerLevelSigmaSpace, IdentitySpace, EpsScaleSpace, S2DMSpace, S2DMLinearSpace):
     SPACES.register(_cls.name, _cls)
 del _cls
@@ -479,7 +508,7 @@ def get_space(name: str, ctx: SpaceContext, bounds: SpaceBounds = SpaceBounds())
     if cls.finetune:
         return cls(ctx, bounds)
     if parsed.sampler and not ctx.samplers:
-        ctx = dataclasses.replace(ctx, samplers=samplers_for(ctx.nfes or (_nfe_of(ctx),)))
+        ctx = dataclasses.replace(ctx, samplers=samplers_for(ctx.nfes or (_nfe_of(ctx),), ctx.models))
     return cls(ctx, bounds, eps=parsed.eps, grid=parsed.grid, sampler=parsed.sampler)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 from helpers.cli import assert_one_line_error, run_cli
-from helpers.studies import searched_study_names
+from helpers.studies import only_study, wait_for_running_trial
 from optuna.trial import TrialState
 
 from skipsearch.store.records import StudyRecord
@@ -36,11 +36,6 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def _optimize(*args: str) -> list[str]:
     return [sys.executable, "-m", "skipsearch.cli", "optimize", "--model", "edm", *TINY, *args]
-
-
-def _study(url: str) -> optuna.Study:
-    (name,) = searched_study_names(url)
-    return optuna.load_study(study_name=name, storage=url)
 
 
 def _free_port() -> int:
@@ -140,20 +135,6 @@ def test_dashboard_on_loopback_does_not_warn(tmp_path: Path, capsys, monkeypatch
 # Signals during a study.
 
 
-def _wait_for_running_trial(url: str, proc: subprocess.Popen, deadline: float) -> optuna.trial.FrozenTrial:
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            trials = _study(url).get_trials(states=(TrialState.RUNNING,))
-        except Exception:  # no schema or study yet
-            time.sleep(0.2)
-            continue
-        for trial in trials:
-            if "claimed_by" in trial.user_attrs:
-                return trial
-        time.sleep(0.1)
-    raise AssertionError(f"no running trial: {proc.communicate()[1][-3000:]}")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sigterm_fails_and_requeues_the_running_trial(tmp_path: Path) -> None:
@@ -161,7 +142,7 @@ def test_sigterm_fails_and_requeues_the_running_trial(tmp_path: Path) -> None:
     proc = subprocess.Popen(_optimize("--trials", "3", "--final-n", "48", "--storage", url), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
     try:
-        aborted = _wait_for_running_trial(url, proc, time.monotonic() + 300)
+        aborted = wait_for_running_trial(url, proc, time.monotonic() + 300)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -169,7 +150,7 @@ def test_sigterm_fails_and_requeues_the_running_trial(tmp_path: Path) -> None:
     assert proc.returncode == 143, (proc.returncode, err[-3000:])
     assert "Traceback" not in err, err[-3000:]
     assert "terminated" in err
-    trials = _study(url).get_trials()
+    trials = only_study(url).get_trials()
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
     if trials[aborted.number].state == TrialState.FAIL:  # aborted: queued again with the same parameters
         assert trials[aborted.number].user_attrs["fail_reason"] == "interrupted (SIGTERM)"
@@ -210,12 +191,12 @@ def test_ctrl_c_during_validation_exits_130_and_keeps_what_was_validated(tmp_pat
     assert proc.returncode == 130, (proc.returncode, out[-2000:], err[-3000:])
     assert "Traceback" not in err, err[-3000:]
     assert "Resume with the same command" in out
-    validated = StudyRecord(_study(url)).validated()
+    validated = StudyRecord(only_study(url)).validated()
     assert validated and all(v.value is not None for v in validated.values())
     resumed = subprocess.run(args, capture_output=True, text=True, env=env, timeout=800)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "exported schedule" in resumed.stdout
-    again = StudyRecord(_study(url)).validated()
+    again = StudyRecord(only_study(url)).validated()
     for number, entry in validated.items():  # what the interrupted run validated is kept, not scored again
         assert again[number].value == entry.value
 

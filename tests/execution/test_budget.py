@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 from helpers.pg import pg_server, pg_url  # noqa: F401 - fixtures
-from helpers.studies import searched_study_names
+from helpers.studies import only_study, wait_for_running_trial
 from optuna.trial import TrialState
 
 from skipsearch.execution.budget import (
@@ -131,11 +131,6 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "skipsearch.cli", "optimize", "--model", "edm", *TINY, *args]
 
 
-def _study(url: str) -> optuna.Study:
-    (name,) = searched_study_names(url)
-    return optuna.load_study(study_name=name, storage=url)
-
-
 def _assert_settled(study: optuna.Study, trials: int) -> None:
     """Exactly the budget, nothing left running or queued, no exact repeat among finished trials."""
     all_trials = study.get_trials()
@@ -164,27 +159,13 @@ def test_two_optimize_runs_share_one_budget_and_validate_once(kind: str, tmp_pat
     outputs = [proc.communicate(timeout=800) for proc in procs]
     for proc, (out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-3000:]
-    study = _study(url)
+    study = only_study(url)
     _assert_settled(study, 6)
     ran_by = {t.user_attrs.get("claimed_by") for t in study.get_trials() if t.state == TrialState.COMPLETE}
     assert len(ran_by) == 2  # both processes ran trials
     validations = _validations(url, study)
     numbers = [v.trial_number for v in validations]
     assert numbers and len(numbers) == len(set(numbers))  # each candidate validated once, by one process
-
-
-def _wait_for_running_trial(url: str, proc: subprocess.Popen, deadline: float) -> optuna.trial.FrozenTrial:
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            study = _study(url)
-        except (ValueError, KeyError, Exception):  # no schema or study yet
-            time.sleep(0.2)
-            continue
-        for trial in study.get_trials(states=(TrialState.RUNNING,)):
-            if "claimed_by" in trial.user_attrs:
-                return trial
-        time.sleep(0.1)
-    raise AssertionError(f"no running trial: {proc.communicate()[1][-3000:]}")
 
 
 @pytest.mark.slow
@@ -195,7 +176,7 @@ def test_sigkill_then_an_immediate_rerun_recovers_the_orphan(tmp_path: Path) -> 
     args = _cli("--trials", "4", "--pruner", "none", "--storage", url)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        orphan = _wait_for_running_trial(url, proc, time.monotonic() + 300)
+        orphan = wait_for_running_trial(url, proc, time.monotonic() + 300)
         proc.kill()
         proc.wait(30)
     finally:
@@ -203,7 +184,7 @@ def test_sigkill_then_an_immediate_rerun_recovers_the_orphan(tmp_path: Path) -> 
             proc.kill()
     rerun = subprocess.run(args, capture_output=True, text=True, env=env, timeout=800)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    study = _study(url)
+    study = only_study(url)
     _assert_settled(study, 4)
     trials = study.get_trials()
     assert trials[orphan.number].state == TrialState.FAIL
@@ -211,7 +192,7 @@ def test_sigkill_then_an_immediate_rerun_recovers_the_orphan(tmp_path: Path) -> 
     assert retry.state == TrialState.COMPLETE and retry.params == trials[orphan.number].params
     # The re-run finds nothing left to do.
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=800)
-    assert again.returncode == 0 and len(_study(url).get_trials()) == len(trials), again.stderr[-2000:]
+    assert again.returncode == 0 and len(only_study(url).get_trials()) == len(trials), again.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -222,7 +203,7 @@ def test_double_ctrl_c_requeues_the_aborted_trial(tmp_path: Path) -> None:
     args = _cli("--trials", "3", "--pruner", "none", "--storage", url)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        aborted = _wait_for_running_trial(url, proc, time.monotonic() + 300)
+        aborted = wait_for_running_trial(url, proc, time.monotonic() + 300)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
@@ -232,14 +213,14 @@ def test_double_ctrl_c_requeues_the_aborted_trial(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
-    trials = _study(url).get_trials()
+    trials = only_study(url).get_trials()
     assert trials[aborted.number].state == TrialState.FAIL
     assert trials[aborted.number].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == aborted.number]
     assert retry.state == TrialState.WAITING
     resumed = subprocess.run(args, capture_output=True, text=True, env=env, timeout=800)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    study = _study(url)
+    study = only_study(url)
     _assert_settled(study, 3)
     assert study.get_trials()[retry.number].state == TrialState.COMPLETE
 

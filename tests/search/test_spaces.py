@@ -56,3 +56,18 @@ def test_unknown_space():
 def test_paper_recipe_rises_with_nfe():
     assert paper_rho_bottom(9) == pytest.approx(0.68)
     assert paper_rho_bottom(9) < paper_rho_bottom(19) < paper_rho_bottom(39) < 0.9
+
+
+@pytest.mark.parametrize("direction", ["decreasing", "increasing"])
+def test_linear_in_time_with_a_fixed_direction_searches_rho_0_only(direction):
+    """The per-order spaces (paper Table 10) give the both-ways space's schedule for their direction."""
+    one_way = get_space(f"linear-in-time-{direction}", CTX)
+    both = get_space("linear-in-time", CTX)
+    schedule = one_way.suggest(optuna.trial.FixedTrial({"rho_0": 0.7}))
+    column = schedule.rho[:, 0]  # rows: sigma intervals from sigma_max (first) down to sigma_min (last)
+    assert len(column) > 1 and 0.7 <= column.min() and column.max() <= 1.0
+    steps = np.diff(column)
+    assert (steps > 0).all() if direction == "decreasing" else (steps < 0).all()
+    expected = both.suggest(optuna.trial.FixedTrial({"rho_0": 0.7, "direction": direction}))
+    np.testing.assert_array_equal(schedule.rho, expected.rho)
+    np.testing.assert_array_equal(schedule.sigma_bounds, expected.sigma_bounds)

@@ -1,4 +1,4 @@
-"""Official EDM ``.pkl`` snapshots, read without the NVlabs code and without executing it.
+"""Official EDM and EDM2 ``.pkl`` snapshots, read without the NVlabs code and without executing it.
 
 The EDM snapshots pickle every network module through ``torch_utils.persistence``, which stores the module's
 source text next to its state and ``exec``s that source when unpickling. We never run it: a restricted unpickler
@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from skipsearch.models import edm2_networks
+from skipsearch.models.checkpoints.edm2_latents import encoder_standardisation
 from skipsearch.models.checkpoints.errors import CheckpointError, UntrustedPickleError
 from skipsearch.models.checkpoints.networks import _create_unfilled_network, _fill_network
 from skipsearch.models.edm_networks import PRECONDS, _Precond
@@ -282,13 +284,16 @@ def network_from_record(record: ModuleRecord, source: str = "pickle") -> _Precon
     """Build our network for a recorded EDM preconditioner and load its tensors (strict)."""
     if not isinstance(record, ModuleRecord):
         raise CheckpointError(f"{source}: expected a network module, got {type(record).__name__}")
-    if record.class_name not in PRECONDS:
+    classes = {**dict(PRECONDS.items()), edm2_networks.PICKLED_CLASS: edm2_networks.Precond}
+    if record.class_name not in classes:
         raise CheckpointError(f"{source}: network class {record.class_name!r} is not supported "
-                              f"(supported: {', '.join(PRECONDS)})")
-    kwargs = _constructor_kwargs(PRECONDS[record.class_name], record.state.get("_init_args"),
+                              f"(supported: {', '.join(classes)})")
+    kwargs = _constructor_kwargs(classes[record.class_name], record.state.get("_init_args"),
                                  record.state.get("_init_kwargs"), source)
+    # EDM2's class is "Precond" in its pickles; our network files call it EDM2Precond.
+    precond = edm2_networks.PRECOND_NAME if record.class_name == edm2_networks.PICKLED_CLASS else record.class_name
     try:
-        net = _create_unfilled_network(record.class_name, kwargs)
+        net = _create_unfilled_network(precond, kwargs)
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
         raise CheckpointError(f"{source}: cannot build {record.class_name} from the recorded arguments "
                               f"{sorted(kwargs)}: {exc}") from exc
@@ -296,7 +301,8 @@ def network_from_record(record: ModuleRecord, source: str = "pickle") -> _Precon
 
 
 def load_edm_pickle(path: str | os.PathLike, *, trust: bool) -> _Precond:
-    """Load the ``ema`` network of an official EDM ``.pkl`` into our networks (eval mode, no grad).
+    """Load the ``ema`` network of an official EDM or EDM2 ``.pkl`` into our networks (eval mode, no grad); an EDM2
+    latent model's ``encoder`` record leaves its latent standardisation on the network (``net.edm2_latents``).
 
     No NVlabs code is needed or executed; ``trust=True`` must still be given because unpickling calls functions.
     """
@@ -304,4 +310,8 @@ def load_edm_pickle(path: str | os.PathLike, *, trust: bool) -> _Precond:
     record = data.get("ema") if isinstance(data, dict) else data
     if record is None:
         raise CheckpointError(f"{path}: no 'ema' network in the snapshot (keys: {', '.join(map(str, data))})")
-    return network_from_record(record, str(path))
+    net = network_from_record(record, str(path))
+    latents = encoder_standardisation(data.get("encoder"), str(path)) if isinstance(data, dict) else None
+    if latents is not None:  # an EDM2 latent model: how its latents were standardised travels with the network
+        net.edm2_latents = latents
+    return net

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from skipsearch.models import edm2_networks
 from skipsearch.models.checkpoints.errors import CheckpointError
 from skipsearch.models.edm_networks import _Precond, build_network, iDDPMPrecond
 
@@ -26,10 +27,18 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _build(precond: str, **kwargs: Any) -> nn.Module:
+    """EDM's preconditioners by class name (``build_network``), or EDM2's under ``EDM2Precond``."""
+    if precond == edm2_networks.PRECOND_NAME:
+        return edm2_networks.Precond(**kwargs)
+    return build_network(precond, **kwargs)
+
+
 def create_network(precond: str, **kwargs: Any) -> _Precond:
-    """``build_network`` that also stores ``{"precond", "kwargs"}`` on the instance (see :func:`network_config`)."""
+    """A network of EDM (``EDMPrecond``, ...) or EDM2 (``EDM2Precond``) built from its constructor arguments, which it
+    keeps as ``{"precond", "kwargs"}`` (see :func:`network_config`)."""
     kwargs = _jsonable(copy.deepcopy(kwargs))
-    net = build_network(precond, **kwargs)
+    net = _build(precond, **kwargs)
     setattr(net, CONFIG_ATTR, {"precond": precond, "kwargs": kwargs})
     return net
 
