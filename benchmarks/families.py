@@ -34,15 +34,20 @@ class Family:
     model: str  # a registered name or a model file
     sampler: str
     nfe: int
-    needs: str | None = None  # a file that must exist for the model to be there
+    paper_order: str = ""  # the order over time the paper's Table 10 found for this family
+    needs: str | None = None  # a file that must exist for the model to be there ...
+    missing: str = ""  # ... and what to say when it is not
 
 
 FAMILIES = {
-    "edm": Family("EDM, pixel, data prediction (SongUNet)", "edm", "heun", 9),
+    "edm": Family("EDM, pixel, data prediction (SongUNet)", "edm", "heun", 9, "decreasing"),
     "ddpm": Family("DDPM, pixel, epsilon (diffusers UNet2DModel)", "ddpm-mnist", "ddim", 10),
     "uvit": Family("U-ViT, pixel, epsilon (token long skips)", str(REPO / "models" / "uvit-mnist.toml"), "ddim", 10,
-                   needs=str(REPO / "models" / "uvit_mnist.safetensors")),
-    "ldm": Family("latent diffusion, epsilon (UNet on 7x7x4 + VAE)", "ldm-mnist", "ddim", 10),
+                   "increasing",
+                   needs=str(REPO / "models" / "uvit_mnist.safetensors"),
+                   missing="no U-ViT trained to digits on this CPU (two 30-minute runs: blocky, not digits); train "
+                           "one with scripts/train_uvit_mnist.py"),
+    "ldm": Family("latent diffusion, epsilon (UNet on 7x7x4 + VAE)", "ldm-mnist", "ddim", 10, "increasing"),
     "cd": Family("consistency distillation of the EDM (one step)", "cd-edm", "onestep", 1),
 }
 
@@ -83,7 +88,7 @@ def main() -> None:
             family = FAMILIES[key]
             try:
                 if family.needs and not Path(family.needs).is_file():
-                    raise ModelError(f"{family.needs} is not there")
+                    raise ModelError(family.missing or f"{family.needs} is not there")
                 adapter = load_model(family.model, device=str(device), settings=settings)
             except ModelError as exc:
                 print(f"# {key}: skipped ({exc})", flush=True)
@@ -104,6 +109,9 @@ def main() -> None:
                 values = [v for v in result.validations if "value" in v]
                 untuned = next((v["value"] for v in values if v.get("baseline_kind") == "untuned"), None)
                 best = min(values, key=lambda v: v["value"]) if values else None
+                if best is not None:  # the winner's parameters (rho_0 of an order over time)
+                    study = optuna.load_study(study_name=result.study_name, storage=storage)
+                    best = {**best, "params": study.trials[best["trial"]].params}
                 found[space] = {"untuned": untuned, "best": best, "seconds": time.perf_counter() - start}
                 print(f"# {key} {space}: rho=1 {untuned}, best {best and best['value']:.3f} "
                       f"({found[space]['seconds']:.0f}s)", flush=True)
@@ -112,16 +120,17 @@ def main() -> None:
     print(f"device {device} ({threads or 'GPU'} threads); {args.trials} trials per study, rungs {list(rungs)}, "
           f"validated on n={args.final_n} fresh seeds (the same seeds for every study: paired), rho range "
           f"{'calibrated per model' if args.calibrate else f'[{args.rho_min}, 1.0]'}, no churn")
-    print("| family | model | sampler, NFE | FID rho=1 | best FID | lift | best space | decreasing | increasing "
-          "| order that won |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| family | model | sampler, NFE | FID rho=1 | best FID | lift | best space | decreasing (rho_0) | "
+          "increasing (rho_0) | order that won | paper |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         if "skipped" in row:
-            print(f"| {row['label']} | {row['family']} | | | | | skipped: {row['skipped']} | | | |")
+            print(f"| {row['label']} | {row['family']} | | | | | skipped: {row['skipped']} | | | | |")
             continue
+        orders = " | ".join(f"{fmt(row.get(o))} ({fmt(row.get(o + ' rho_0'))})" for o in ORDERS)
         print(f"| {row['label']} | {row['model']} | {row['sampler']}, {row['nfe']} | {fmt(row['untuned'])} | "
-              f"{fmt(row['best'])} | {row['lift']} | {row['best_space']} | {fmt(row.get(ORDERS[0]))} | "
-              f"{fmt(row.get(ORDERS[1]))} | {row['order']} |")
+              f"{fmt(row['best'])} | {row['lift']} | {row['best_space']} | {orders} | {row['order']} | "
+              f"{row['paper_order'] or '-'} |")
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1, default=str))
 
@@ -144,6 +153,8 @@ def summarise(key: str, family: Family, found: dict[str, dict], adapter) -> dict
     for order in ORDERS:
         if order in found and found[order]["best"]:
             row[order] = found[order]["best"]["value"]
+            row[order + " rho_0"] = found[order]["best"]["params"].get("rho_0")
+    row["paper_order"] = family.paper_order
     dec, inc = row.get(ORDERS[0]), row.get(ORDERS[1])
     if dec is None or inc is None:
         row["order"] = ""

@@ -4,7 +4,8 @@
 
 An epsilon-prediction DDPM (linear beta 1e-4..0.02, T = 1000). Stops at ``--steps`` or at the wall-clock budget,
 whichever comes first, and writes ``models/uvit_mnist.safetensors`` (EMA weights) and ``models/uvit_mnist.json``
-(the card) every ``--save-every`` steps and at the end.
+(the card) every ``--save-every`` steps and at the end, and the model file ``uvit-mnist.toml`` beside them (what
+``--model models/uvit-mnist.toml`` and ``benchmarks/families.py`` load).
 """
 
 from __future__ import annotations
@@ -18,6 +19,31 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = dict(img_size=28, patch_size=4, in_chans=1, embed_dim=96, depth=7, num_heads=4, mlp_ratio=2.0)
+MODEL_FILE = """# A small U-ViT trained by scripts/train_uvit_mnist.py (long skips: skip_linear(cat([x, skip], -1))).
+[model]
+name = "uvit-mnist"
+description = "U-ViT (patch 4, dim 96, depth 7), epsilon DDPM on MNIST in [-1, 1]"
+dataset = "mnist"
+factory = "skipsearch.models.uvit_networks:UViT"
+weights = "{weights}"
+
+[model.kwargs]
+{kwargs}
+
+[parametrization]
+type = "epsilon"
+beta_schedule = "linear"
+
+[data]
+range = [-1, 1]
+shape = [1, 28, 28]
+
+[call]
+time = "timestep"
+
+[skips]
+detect = "auto"
+"""
 
 
 def main() -> None:
@@ -63,6 +89,8 @@ def main() -> None:
         save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(args.out))
         info = {**card(steps, loss), "sha256": file_sha256(args.out)}
         args.out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+        kwargs = "\n".join(f"{key} = {value}" for key, value in ARCH.items())
+        (args.out.parent / "uvit-mnist.toml").write_text(MODEL_FILE.format(weights=args.out.name, kwargs=kwargs))
 
     def on_log(step: int, loss: float, ema: torch.nn.Module) -> None:
         print(f"step {step} loss {loss:.4f} {time.perf_counter() - start:.0f}s", flush=True)

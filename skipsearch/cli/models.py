@@ -164,9 +164,9 @@ def train(ctx: typer.Context,
     if kind == "edm":
         from skipsearch.training.edm import train_bundled_model as run
     else:
-        from skipsearch.models.diffusers_adapter import _require_diffusers
+        from skipsearch.models.sources import require_diffusers
         from skipsearch.training.ddpm import train_bundled_ddpm as run
-        _require_diffusers()  # a missing extra is one line, not one under a progress bar
+        require_diffusers()  # a missing extra is one line, not one under a progress bar
     with progress_bar() as progress:
         task = progress.add_task("training", total=steps)
         card = run(output, steps=steps, batch_size=batch_size, lr=lr or (2e-3 if kind == "edm" else 1e-3),

@@ -17,20 +17,12 @@ from skipsearch.data import SYMMETRIC, DataRange
 from skipsearch.models.errors import ModelError
 from skipsearch.models.hooks import SigmaProbe, SkipPoint, install_observers, install_skip_hooks, scale_output
 from skipsearch.models.latent import LatentDecoder
+from skipsearch.models.sources import state_dict_sha256
 from skipsearch.schedule import ModelIdentity, ScheduleError, SkipSchedule
 from skipsearch.schedule.batch import ScheduleBatch
 
 if TYPE_CHECKING:
     from skipsearch.settings import Settings
-
-
-def state_dict_sha256(module: nn.Module) -> str:
-    """A content hash of a module's tensors (for models that did not come from a file)."""
-    digest = hashlib.sha256()
-    for key, value in module.state_dict().items():
-        digest.update(key.encode())
-        digest.update(value.detach().to("cpu").contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class AppliedSchedule:

@@ -19,24 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from skipsearch.errors import MissingExtraError
 from skipsearch.models.adapter import SkipAdapter, check_points
 from skipsearch.models.hooks import SkipPoint
 from skipsearch.models.parametrization import EpsilonParametrization
-
-
-def _require_diffusers() -> Any:
-    """The diffusers module; a one-line :class:`MissingExtraError` (also an ImportError) when it cannot load."""
-    try:
-        import diffusers
-    except ImportError as exc:
-        install = "pip install skipsearch[diffusers] (in a checkout: pip install -e .[diffusers])"
-        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == "diffusers":
-            raise MissingExtraError(f"diffusers models need the optional extra: {install}") from None
-        reason = " ".join(str(exc).split())  # installed, but broken (a version that does not fit this torch)
-        raise MissingExtraError(f"diffusers is installed but cannot be imported ({type(exc).__name__}: {reason}); "
-                                f"reinstall the optional extra: {install}") from None
-    return diffusers
+from skipsearch.models.sources import require_diffusers as _require_diffusers
 
 
 def _spatial(sample_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from skipsearch.models.errors import ModelError
+from skipsearch.models.sources import diffusers_weights_sha, import_callable, require_diffusers, state_dict_sha256
 
 # The autoencoder classes a ``diffusers:`` decoder may be, and what their decode returns.
 DECODER_CLASSES = ("AutoencoderKL", "VQModel")
@@ -101,7 +102,6 @@ def check_decoded(images: torch.Tensor, pixel_shape: tuple[int, int, int], sourc
 
 
 def _module_sha256(module: nn.Module) -> str:
-    from skipsearch.models.adapter import state_dict_sha256  # adapter.py imports this module
     return state_dict_sha256(module)
 
 
@@ -119,8 +119,7 @@ def decoder_class_name(folder: Path) -> str | None:
 
 def _load_diffusers_autoencoder(target: str, offline: bool) -> tuple[nn.Module, str, str | None]:
     """(module, class name, weights sha or None) of a local folder (or a hub id when online)."""
-    from skipsearch.models.diffusers_adapter import _require_diffusers
-    diffusers = _require_diffusers()
+    diffusers = require_diffusers()
     folder = Path(target).expanduser()
     local = folder.is_dir()
     if not local:
@@ -144,8 +143,7 @@ def _load_diffusers_autoencoder(target: str, offline: bool) -> tuple[nn.Module, 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load latent decoder diffusers:{target}: {first}") from None
     module.eval().requires_grad_(False)
-    from skipsearch.models.loading import _diffusers_weights_sha  # same layer; loading imports this lazily
-    return module, type(module).__name__, _diffusers_weights_sha(folder) if local else None
+    return module, type(module).__name__, diffusers_weights_sha(folder) if local else None
 
 
 def _first_loadable(classes: list[Any], where: str) -> nn.Module:
@@ -226,7 +224,6 @@ def load_latent_decoder(spec: str, *, scaling_factor: float | None = None, shift
 def _factory_decoder(spec: str, *, scaling_factor: float | None, shift: float | None,
                      pixel_shape: tuple[int, int, int] | None, latent_shape: tuple[int, int, int] | None,
                      batch: int, folder: Path | None) -> LatentDecoder:
-    from skipsearch.models.loading import import_callable  # same layer; loading imports this module lazily
     if ":" not in spec:
         raise ModelError(f"latent decoder {spec!r}: give 'diffusers:DIR' or a factory 'module:callable'")
     built = import_callable(spec, folder)()

@@ -6,13 +6,9 @@ the model-file schema.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +28,7 @@ from skipsearch.models.parametrization import (
     PreconditionedParametrization,
     alphas_cumprod_for,
 )
+from skipsearch.models.sources import diffusers_weights_sha, import_callable, on_sys_path
 from skipsearch.models.spec import ModelFile, model_key, parse_model_file, spec_kind
 from skipsearch.registry import Registry
 from skipsearch.settings import Settings
@@ -155,51 +152,6 @@ def _fill(net: nn.Module, state: dict[str, torch.Tensor], source: Path | str, pr
 
 # --------------------------------------------------------------------------------------------------------------------
 # The routes.
-
-
-@contextmanager
-def on_sys_path(folders: Sequence[Path]) -> Iterator[None]:
-    """``folders`` at the front of ``sys.path`` for the block (a factory's sibling packages import); restored after.
-
-    Modules imported meanwhile stay in ``sys.modules`` (classes built from them keep working)."""
-    folders = [str(f) for f in folders if str(f) not in sys.path]
-    saved = list(sys.path)
-    sys.path[:0] = folders
-    if folders:
-        importlib.invalidate_caches()
-    try:
-        yield
-    finally:
-        sys.path[:] = saved
-
-
-def import_callable(target: str, folder: Path | None = None) -> Callable[..., Any]:
-    """``package.module:callable`` or ``file.py:callable`` (relative to ``folder``)."""
-    module_part, _, attr = target.rpartition(":")
-    if not module_part or not attr:
-        raise ModelError(f"factory {target!r} must be 'package.module:callable' or 'file.py:callable'")
-    try:
-        if module_part.endswith(".py"):
-            path = Path(module_part).expanduser()
-            path = path if path.is_absolute() or folder is None else folder / path
-            if not path.is_file():
-                raise ModelError(f"factory file not found: {path}")
-            name = f"skipsearch_factory_{abs(hash(str(path.resolve())))}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-            sys.modules[name] = module  # dataclasses and pickling look modules up by name
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
-        else:
-            module = importlib.import_module(module_part)
-    except ModelError:
-        raise
-    except Exception as exc:  # ImportError, SyntaxError, whatever the user's module raises at import
-        raise ModelError(f"cannot import {module_part!r} for factory {target!r}: {type(exc).__name__}: {exc}") \
-            from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ModelError(f"factory {target!r}: {module_part} has no callable {attr!r}")
-    return factory
 
 
 def _call_for(file: ModelFile) -> Callable:
@@ -402,7 +354,7 @@ def load_diffusers(target: str, *, name: str | None = None, file: ModelFile | No
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load diffusers model {target}: {first}") from None
     unet.eval().requires_grad_(False)
-    sha = _diffusers_weights_sha(folder / (subfolder or "")) if local else None
+    sha = diffusers_weights_sha(folder / (subfolder or "")) if local else None
     parametrization = _parametrization_for(file, scheduler) if file is not None else None
     adapter = DiffusersAdapter(unet, name=name or model_key(f"diffusers:{target}"), scheduler=scheduler
                                if parametrization is None else None, weights_sha256=sha)
@@ -432,14 +384,6 @@ def _diffusers_scheduler(diffusers: Any, folder: Path | None, target: str, subfo
         return diffusers.DDPMScheduler.from_pretrained(target, subfolder="scheduler")
     except Exception:  # a hub model without a scheduler config: the DDPM default
         return None
-
-
-def _diffusers_weights_sha(folder: Path) -> str | None:
-    from skipsearch.models.checkpoints import file_sha256
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-        if (folder / name).is_file():
-            return file_sha256(folder / name)
-    return None
 
 
 def _load_factory(spec: str, request: LoadRequest) -> SkipAdapter:

@@ -30,13 +30,13 @@ LATENT_UNET_CONFIG: dict[str, Any] = dict(
 
 
 def autoencoder_kl(**overrides: Any) -> nn.Module:
-    from skipsearch.models.diffusers_adapter import _require_diffusers
-    return _require_diffusers().AutoencoderKL(**{**AUTOENCODER_CONFIG, **overrides})
+    from skipsearch.models.sources import require_diffusers
+    return require_diffusers().AutoencoderKL(**{**AUTOENCODER_CONFIG, **overrides})
 
 
 def latent_unet(**overrides: Any) -> nn.Module:
-    from skipsearch.models.diffusers_adapter import _require_diffusers
-    return _require_diffusers().UNet2DModel(**{**LATENT_UNET_CONFIG, **overrides})
+    from skipsearch.models.sources import require_diffusers
+    return require_diffusers().UNet2DModel(**{**LATENT_UNET_CONFIG, **overrides})
 
 
 class AutoencoderLoss:

@@ -47,8 +47,8 @@ class DDPMLoss:
 
 
 def bundled_ddpm_unet() -> nn.Module:
-    from skipsearch.models.diffusers_adapter import _require_diffusers
-    return _require_diffusers().UNet2DModel(**BUNDLED_DDPM_CONFIG)
+    from skipsearch.models.sources import require_diffusers
+    return require_diffusers().UNet2DModel(**BUNDLED_DDPM_CONFIG)
 
 
 def save_ddpm_folder(unet: nn.Module, scheduler: Any, folder: str | os.PathLike, card: dict) -> None:
@@ -75,9 +75,9 @@ def train_bundled_ddpm(output: str | os.PathLike, *, steps: int = 6000, batch_si
     Writes the diffusers folder every ``checkpoint_every`` steps and at the end; returns the card.
     """
     from skipsearch.data import load_mnist, to_model_range
-    from skipsearch.models.diffusers_adapter import _require_diffusers
+    from skipsearch.models.sources import require_diffusers
     from skipsearch.training.loop import TrainConfig, train
-    diffusers = _require_diffusers()  # a missing extra: one line, before MNIST is read
+    diffusers = require_diffusers()  # a missing extra: one line, before MNIST is read
 
     output = Path(output)
     torch.manual_seed(seed)

@@ -267,7 +267,8 @@ def test_help_of_every_command(command, capsys):
     result = run_cli(capsys, command, "--help")
     assert result.code == 0 and "Traceback" not in result.err
     if command == "optimize":
-        assert "[heun|euler|dpmpp_2m|unipc|ddim]" in result.out and "successive-halving" in result.out
+        assert "[heun|euler|dpmpp_2m|unipc|ddim|onestep|multistep]" in result.out
+        assert "successive-halving" in result.out
 
 
 @pytest.mark.parametrize("name", ["/elsewhere/abs", "../up", "a b", "[bold]x[/bold]", ""])
