@@ -88,7 +88,9 @@ def skip_points(ctx: typer.Context, model: str = ModelOpt, checkpoint: Optional[
 def sample(ctx: typer.Context, model: str = ModelOpt,
            nfe: Optional[int] = typer.Option(None, "--nfe", help="denoiser calls per image (exact; default: the "
                                              "schedule's, else 35)"),
-           sampler: Optional[str] = typer.Option(None, help="sampler (default: the schedule's, else heun)"),
+           sampler: Optional[str] = typer.Option(None, help=(
+               "sampler (default: the schedule's, else the model's: heun; ddim for DDPMs, multistep for "
+               "consistency models)")),
            schedule: Optional[Path] = typer.Option(None, help="schedule JSON (from 'skipsearch export')"),
            rho: Optional[str] = typer.Option(None, help="constant rho (0.7) or linear bottom:top (0.68:1.0)"),
            n: int = typer.Option(64, "--n", help="number of images"), seed: int = typer.Option(0, help="first seed"),

@@ -62,7 +62,8 @@ def resolve_schedule(adapter, schedule: Optional[Path], rho: Optional[str], *, s
 def recipe(schedule: Optional[Path], sampler: Optional[str], nfe: Optional[int], *, default_nfe: int,
             model: Optional[str] = None) -> tuple[str, int, dict]:
     """(sampler, NFE, sampler options) to sample with: the flags, else what the schedule names (schema v2 keeps
-    its searched sampler and options), else heun at ``default_nfe``. Options travel only with their sampler."""
+    its searched sampler and options), else the model's default (:func:`skipsearch.search.definition.default_sampler`)
+    at ``default_nfe``. Options travel only with their sampler."""
     named = None
     if schedule is not None:  # a missing or unreadable file is refused here, before the model is loaded
         from skipsearch.sampling.samplers import SAMPLERS, check_sampler_options

@@ -31,7 +31,9 @@ DATASET_HELP = ("reference data set: mnist, folder:DIR, zip:FILE.zip, npz:FILE, 
 @app.command()
 def evaluate(ctx: typer.Context, model: str = ModelOpt,
              nfe: Optional[int] = typer.Option(None, "--nfe", help="default: the schedule's, else 9"),
-             sampler: Optional[str] = typer.Option(None, help="default: the schedule's, else heun"),
+             sampler: Optional[str] = typer.Option(None, help=(
+                 "default: the schedule's, else the model's (heun; ddim for DDPMs, multistep for consistency "
+                 "models)")),
              schedule: Optional[Path] = typer.Option(None, help="schedule JSON"),
              rho: Optional[str] = typer.Option(None, help="constant rho or bottom:top"),
              n: int = typer.Option(2000, "--n", help="images"),
