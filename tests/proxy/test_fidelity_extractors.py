@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 from helpers.cli import assert_one_line_error, run_cli
+from helpers.pickles import code_running_pickle
 
 from skipsearch.proxy.config import metric_display_name
 from skipsearch.proxy.errors import ExtractorWeightsError
@@ -105,17 +106,10 @@ def test_vgg16_on_local_random_weights(tmp_path):
 
 
 def test_local_weights_refuse_code_and_foreign_networks(tmp_path):
-    import os
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {tmp_path / 'pwned'}",))
-
-    evil = tmp_path / "evil.pth"
-    torch.save({"x": Evil()}, evil)
+    evil, marker = code_running_pickle(tmp_path)
     with pytest.raises(ExtractorWeightsError, match="weights_only"):
         get_extractor("clip-vit-b-32", weights_path=evil)
-    assert not (tmp_path / "pwned").exists()
+    assert not marker.exists()
     foreign = tmp_path / "foreign.pth"
     torch.save({"weight": torch.zeros(3)}, foreign)
     with pytest.raises(ExtractorWeightsError, match="do not fit"):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from helpers.pickles import code_running_pickle
 from safetensors.torch import load_file, save_file
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
@@ -335,17 +336,10 @@ def test_mnist_features_fid_grows_with_every_disturbance(mnist_extractor, mnist_
 
 def test_fid_weights_are_loaded_without_running_code(tmp_path):
     """A pickle in the FID-weights slot that would run a command is refused, and the command never runs."""
-    import os
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {tmp_path / 'pwned'}",))
-
-    evil = tmp_path / "evil.pth"
-    torch.save({"x": Evil()}, evil)
+    evil, marker = code_running_pickle(tmp_path)
     with pytest.raises(ExtractorWeightsError, match="weights_only=True") as info:
         get_extractor("inception-v3-compat", weights_path=evil)
-    assert not (tmp_path / "pwned").exists() and "\n" not in str(info.value)
+    assert not marker.exists() and "\n" not in str(info.value)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a torch file at all")
     with pytest.raises(ExtractorWeightsError, match="garbage.pth"):
